@@ -1,0 +1,727 @@
+/**
+ * RealtimeClient: one WebSocket to Herald (SPEC §3), kept alive.
+ *
+ * It connects with a token, resubscribes every channel with its last cursor
+ * after a reconnect, refreshes the token before `exp`, treats two missed pings
+ * as a dead socket, reconnects with exponential backoff and full jitter, and
+ * honours the server's `disconnect.reconnect`. Every message reaches the app
+ * through a `Position`, so a message is delivered at most once and in order
+ * whichever transport brought it; the polling fallback (RealtimeService) plugs
+ * into the protected hooks at the bottom and shares those positions.
+ *
+ * It must never deliver a message twice, never block the app on a handler, and
+ * never leave a timer running after `disconnect()`.
+ */
+import { backoffDelay } from './backoff.js'
+import { Position } from './cursor.js'
+import { Emitter, reportListenerError } from './emitter.js'
+import { refreshDelay, tokenExpiry } from './token.js'
+import type {
+  ConnectionState,
+  GapInfo,
+  MessageHandler,
+  MessageMeta,
+  NotificationHandler,
+  NotificationMeta,
+  RealtimeError,
+  RealtimeOptions,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './types.js'
+
+const OPEN = 1
+
+/** Events emitted by `on(...)`. */
+export interface ClientEvents {
+  [key: string]: unknown
+  state: ConnectionState
+  gap: GapInfo
+  error: RealtimeError
+  /** A channel subscription is live on the socket (after a connect or reconnect). */
+  subscribed: { channel: string; cursor: string; recovered: boolean }
+}
+
+/** One subscribed channel: its handlers and its position. */
+interface ChannelState {
+  readonly handlers: Set<{ fn: MessageHandler<any> }>
+  readonly position: Position
+  /** When the app subscribed; the first poll asks for messages since then. */
+  readonly since: number
+  /** The `since` cursor sent with the last subscribe, to tell a lost gap. */
+  sentSince: string | null
+  /** Id of the subscribe command in flight, to attribute its error. */
+  pendingId: number | null
+  /** Set after a permission/validation error: not retried until reconnect. */
+  failed: boolean
+}
+
+interface Pending {
+  resolve(frame: Frame): void
+  reject(err: RealtimeError): void
+}
+
+type Frame = { type: string; id?: number; [key: string]: unknown }
+
+/** A page of messages from a polling endpoint (SPEC §5). */
+export interface PollAnswer {
+  messages: Array<{ offset: number; cursor: string; ts: number; data: unknown }>
+  cursor: string
+  recovered: boolean
+  more: boolean
+}
+
+function defaultApiUrl(url: string): string {
+  const u = new URL(url)
+  const scheme = u.protocol === 'wss:' ? 'https:' : 'http:'
+  return `${scheme}//${u.host}`
+}
+
+/** Closes whose reconnect the spec forbids when the server sent no `disconnect`. */
+const FINAL_CLOSE = new Set([1000, 1009, 4001])
+
+export class RealtimeClient {
+  protected readonly options: Required<
+    Pick<
+      RealtimeOptions,
+      | 'minReconnectDelay'
+      | 'maxReconnectDelay'
+      | 'fallbackAfter'
+      | 'pollInterval'
+      | 'longPollWait'
+      | 'maxLongPolls'
+      | 'connectTimeout'
+    >
+  > &
+    RealtimeOptions & { apiUrl: string }
+
+  private currentState: ConnectionState = 'disconnected'
+  private readonly events = new Emitter<ClientEvents>()
+  private readonly channels = new Map<string, ChannelState>()
+  private readonly notificationHandlers = new Set<{ fn: NotificationHandler<any> }>()
+  protected readonly inbox = new Position()
+  /** Set once the socket was asked to resume the inbox, to tell a lost gap. */
+  private inboxSince: string | null = null
+  private readonly startedAt = Date.now()
+
+  private socket: WebSocketLike | null = null
+  /** Bumped whenever a socket is abandoned, so late callbacks of old sockets are ignored. */
+  private generation = 0
+  private nextId = 1
+  private readonly pending = new Map<number, Pending>()
+  private wanted = false
+  private failures = 0
+  private lastDisconnect: { code: number; reason: string; reconnect: boolean } | null = null
+  private lastErrorCode = 0
+  private authRetried = false
+
+  private token: string | null
+  private tokenExpiresAt: number | null = null
+  private forceNewToken = false
+  private tokenRequest: Promise<string | null> | null = null
+
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null
+  private heartbeatTimer: ReturnType<typeof setTimeout> | null = null
+  private connectTimer: ReturnType<typeof setTimeout> | null = null
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null
+  private pingIntervalMs = 25_000
+
+  constructor(options: RealtimeOptions) {
+    if (!options || typeof options.url !== 'string') throw new TypeError('herald-client: options.url is required')
+    this.options = {
+      minReconnectDelay: 500,
+      maxReconnectDelay: 20_000,
+      fallbackAfter: 3,
+      pollInterval: 30_000,
+      longPollWait: 25,
+      maxLongPolls: 4,
+      connectTimeout: 10_000,
+      ...options,
+      apiUrl: (options.apiUrl ?? defaultApiUrl(options.url)).replace(/\/+$/, ''),
+    }
+    this.token = options.token ?? null
+    this.tokenExpiresAt = this.token ? tokenExpiry(this.token) : null
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  /** The current connection state. */
+  get state(): ConnectionState {
+    return this.currentState
+  }
+
+  /** True while the WebSocket is connected (not while polling). */
+  get isConnected(): boolean {
+    return this.currentState === 'connected'
+  }
+
+  /** The channels subscribed to, in subscription order. */
+  get subscribedChannels(): string[] {
+    return [...this.channels.keys()]
+  }
+
+  /** Starts connecting (idempotent). Subscriptions made before are kept. */
+  connect(): void {
+    if (this.wanted) return
+    this.wanted = true
+    this.failures = 0
+    this.authRetried = false
+    this.setState('connecting')
+    void this.open()
+  }
+
+  /** Closes the socket, stops polling and reconnecting; subscriptions are kept for a later `connect()`. */
+  disconnect(): void {
+    this.wanted = false
+    this.clearTimer('reconnectTimer')
+    this.dropSocket(1000, 'client disconnect')
+    this.stopFallback()
+    this.setState('disconnected')
+  }
+
+  /**
+   * Subscribes `onMessage` to `channel` (callable before the socket is up).
+   * Returns the function that removes this subscription; the channel is left
+   * on the server when its last handler goes.
+   */
+  subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>): () => void {
+    if (typeof channel !== 'string' || !/^[A-Za-z0-9_\-.:@]{1,200}$/.test(channel)) {
+      throw new TypeError(`herald-client: invalid channel name ${JSON.stringify(channel)}`)
+    }
+    const entry = { fn: onMessage as MessageHandler<any> }
+    let ch = this.channels.get(channel)
+    if (!ch) {
+      ch = {
+        handlers: new Set(),
+        position: new Position(),
+        since: Date.now(),
+        sentSince: null,
+        pendingId: null,
+        failed: false,
+      }
+      this.channels.set(channel, ch)
+      ch.handlers.add(entry)
+      if (this.currentState === 'connected') this.sendSubscribe(channel, ch)
+      this.onChannelAdded(channel)
+    } else {
+      ch.handlers.add(entry)
+    }
+    let active = true
+    return () => {
+      if (!active) return
+      active = false
+      const current = this.channels.get(channel)
+      if (current !== ch) return
+      ch.handlers.delete(entry)
+      if (ch.handlers.size > 0) return
+      this.channels.delete(channel)
+      this.onChannelRemoved(channel)
+      if (this.currentState === 'connected') this.send({ type: 'unsubscribe', id: this.nextId++, channel })
+    }
+  }
+
+  /** Calls `fn` for each notification of the connected user. Returns the remover. */
+  onNotification<T = unknown>(fn: NotificationHandler<T>): () => void {
+    const entry = { fn: fn as NotificationHandler<any> }
+    this.notificationHandlers.add(entry)
+    return () => {
+      this.notificationHandlers.delete(entry)
+    }
+  }
+
+  /** Calls `fn` when the server could not fill a gap (`recovered:false`): refetch then. */
+  onGap(fn: (gap: GapInfo) => void): () => void {
+    return this.events.on('gap', fn)
+  }
+
+  /** Listens to `state` (the new state), `gap`, `error` or `subscribed`. Returns the remover. */
+  on<K extends keyof ClientEvents & string>(event: K, fn: (arg: ClientEvents[K]) => void): () => void {
+    return this.events.on(event, fn)
+  }
+
+  /**
+   * Publishes over the socket (namespaces with `client_publish`, or dev mode).
+   * Resolves with the message's offset; rejects when not connected or refused.
+   */
+  publish(channel: string, data: unknown): Promise<{ channel: string; offset: number }> {
+    if (this.currentState !== 'connected') {
+      return Promise.reject({ code: 1010, message: 'not connected' } satisfies RealtimeError)
+    }
+    return this.request({ type: 'publish', channel, data }).then((f) => ({
+      channel: String(f.channel ?? channel),
+      offset: Number(f.offset),
+    }))
+  }
+
+  /** Skips the backoff wait and tries the socket now (e.g. when the network returns). */
+  reconnectNow(): void {
+    if (!this.wanted || this.socket) return
+    this.clearTimer('reconnectTimer')
+    void this.open()
+  }
+
+  // ------------------------------------------------------------ socket lifecycle
+
+  private async open(): Promise<void> {
+    const gen = ++this.generation
+    let token: string | null
+    try {
+      token = await this.authToken()
+    } catch (err) {
+      if (gen !== this.generation || !this.wanted) return
+      this.events.emit('error', { code: 1001, message: `getToken failed: ${String(err)}` })
+      this.socketFailed(0)
+      return
+    }
+    if (gen !== this.generation || !this.wanted) return
+
+    const Ctor: WebSocketConstructor | undefined =
+      this.options.webSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
+    let sock: WebSocketLike
+    try {
+      if (!Ctor) throw new Error('no WebSocket implementation')
+      sock = new Ctor(this.options.url)
+    } catch {
+      this.onSocketUnavailable()
+      this.socketFailed(0)
+      return
+    }
+    this.socket = sock
+    this.lastDisconnect = null
+    this.lastErrorCode = 0
+    this.connectTimer = setTimeout(() => {
+      if (gen !== this.generation) return
+      this.dropSocket(4000, 'connect timeout')
+      this.socketFailed(0)
+    }, this.options.connectTimeout)
+
+    sock.onopen = () => {
+      if (gen !== this.generation) return
+      const frame: Frame = { type: 'connect', id: this.nextId++ }
+      if (token) frame.token = token
+      if (this.options.user) frame.user = this.options.user
+      const since = this.inbox.cursor
+      if (since && (token || this.options.user)) frame.notifications_since = since
+      this.inboxSince = frame.notifications_since ? since : null
+      this.send(frame)
+    }
+    sock.onmessage = (ev) => {
+      if (gen !== this.generation) return
+      let frame: Frame
+      try {
+        frame = JSON.parse(typeof ev.data === 'string' ? ev.data : String(ev.data)) as Frame
+      } catch {
+        return
+      }
+      if (frame && typeof frame === 'object') this.handleFrame(frame)
+    }
+    sock.onerror = () => {
+      /* a close event follows */
+    }
+    sock.onclose = (ev) => {
+      if (gen !== this.generation) return
+      this.socketClosed(ev?.code ?? 1006, ev?.reason ?? '')
+    }
+  }
+
+  private handleFrame(frame: Frame): void {
+    this.armHeartbeat()
+    switch (frame.type) {
+      case 'connected':
+        return this.handleConnected(frame)
+      case 'subscribed':
+        return this.handleSubscribed(frame)
+      case 'message':
+        return this.handleMessage(frame)
+      case 'notification':
+        return this.handleNotification(frame)
+      case 'ping':
+        this.send({ type: 'pong' })
+        return
+      case 'error':
+        return this.handleError(frame)
+      case 'disconnect':
+        this.lastDisconnect = {
+          code: Number(frame.code),
+          reason: String(frame.reason ?? ''),
+          reconnect: frame.reconnect === true,
+        }
+        return
+      default:
+        if (typeof frame.id === 'number') this.settle(frame.id, frame)
+    }
+  }
+
+  private handleConnected(frame: Frame): void {
+    this.clearTimer('connectTimer')
+    if (typeof frame.ping_interval === 'number' && frame.ping_interval > 0) {
+      this.pingIntervalMs = frame.ping_interval * 1000
+    }
+    this.failures = 0
+    this.authRetried = false
+    this.armHeartbeat()
+    const inbox = frame.notifications as { cursor?: string; recovered?: boolean; missed?: number } | undefined
+    if (inbox && typeof inbox.cursor === 'string') {
+      if (this.inboxSince && inbox.recovered === false) {
+        this.events.emit('gap', { channel: null, since: this.inboxSince, cursor: inbox.cursor })
+      }
+      if (this.inboxSince || !this.inbox.cursor || inbox.recovered === false) {
+        this.inbox.resetFromHead(inbox.cursor, inbox.missed ?? 0)
+      }
+    }
+    // The socket is back: polling ends before the resubscribes carry the cursors.
+    this.stopFallback()
+    this.setState('connected')
+    this.onConnected()
+    for (const [name, ch] of this.channels) {
+      ch.failed = false
+      this.sendSubscribe(name, ch)
+    }
+    this.scheduleRefresh()
+  }
+
+  private handleSubscribed(frame: Frame): void {
+    const name = String(frame.channel)
+    const ch = this.channels.get(name)
+    if (typeof frame.id === 'number') this.settle(frame.id, frame)
+    if (!ch || typeof frame.cursor !== 'string') return
+    ch.pendingId = null
+    if (ch.sentSince && frame.recovered === false) {
+      this.events.emit('gap', { channel: name, since: ch.sentSince, cursor: frame.cursor })
+    }
+    ch.position.resetFromHead(frame.cursor, Number(frame.missed ?? 0))
+    this.events.emit('subscribed', { channel: name, cursor: frame.cursor, recovered: frame.recovered !== false })
+  }
+
+  private handleMessage(frame: Frame): void {
+    const ch = this.channels.get(String(frame.channel))
+    if (!ch || typeof frame.cursor !== 'string') return
+    this.deliver(ch, String(frame.channel), frame as unknown as PollAnswer['messages'][number])
+  }
+
+  private handleNotification(frame: Frame): void {
+    if (typeof frame.cursor !== 'string') return
+    this.deliverNotification(frame as unknown as PollAnswer['messages'][number])
+  }
+
+  private handleError(frame: Frame): void {
+    const code = Number(frame.code)
+    const message = String(frame.message ?? '')
+    this.lastErrorCode = code
+    if (typeof frame.id === 'number') {
+      for (const [name, ch] of this.channels) {
+        if (ch.pendingId === frame.id) {
+          ch.pendingId = null
+          if (code === 1007) return // already subscribed: the server has it
+          ch.failed = true
+          this.events.emit('error', { code, message, channel: name })
+          this.onChannelFailed(name)
+          return
+        }
+      }
+      if (this.pending.has(frame.id)) {
+        this.settle(frame.id, null, { code, message })
+        return
+      }
+    }
+    if (code === 1009 && this.currentState === 'connected') {
+      // The token expired while connected: refresh now, before the 4005 close.
+      this.forceNewToken = true
+      void this.refreshToken()
+      return
+    }
+    this.events.emit('error', { code, message })
+  }
+
+  private socketClosed(code: number, reason: string): void {
+    const wasConnected = this.currentState === 'connected'
+    const said = this.lastDisconnect
+    this.abandonSocket()
+    if (!this.wanted) return
+    if (code === 4005 || said?.code === 4005 || this.lastErrorCode === 1009) this.forceNewToken = true
+
+    let reconnect = said ? said.reconnect : !FINAL_CLOSE.has(code)
+    const finalCode = said?.code ?? code
+    // An unauthorized close after an expired token: one more try with a new token.
+    if (!reconnect && finalCode === 4001 && this.lastErrorCode === 1009 && this.options.getToken && !this.authRetried) {
+      this.authRetried = true
+      reconnect = true
+    }
+    if (!reconnect) {
+      this.wanted = false
+      this.stopFallback()
+      this.setState('disconnected')
+      this.events.emit('error', { code: finalCode, message: said?.reason || reason || 'connection closed' })
+      return
+    }
+    this.socketFailed(finalCode, wasConnected)
+  }
+
+  /** Counts a failure, maybe starts the fallback, and schedules the next try. */
+  private socketFailed(code: number, wasConnected = false): void {
+    this.failures++
+    this.onSocketFailed(this.failures)
+    if (!this.wanted) return
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options
+    // A socket that was up comes back quickly; 4004 (abuse) waits the longest.
+    const random = this.options.random
+    const delay =
+      code === 4004 ? max : backoffDelay(wasConnected ? 0 : this.failures, min, max, random)
+    if (this.currentState !== 'polling') this.setState('reconnecting')
+    this.clearTimer('reconnectTimer')
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null
+      if (this.wanted && !this.socket) void this.open()
+    }, delay)
+  }
+
+  /** Forgets the current socket without closing it (it closed, or is being closed). */
+  private abandonSocket(): void {
+    const sock = this.socket
+    this.socket = null
+    this.generation++
+    this.clearTimer('connectTimer')
+    this.clearTimer('heartbeatTimer')
+    this.clearTimer('refreshTimer')
+    for (const [, ch] of this.channels) ch.pendingId = null
+    for (const [, p] of this.pending) p.reject({ code: 1010, message: 'connection closed' })
+    this.pending.clear()
+    if (sock) {
+      sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null
+    }
+  }
+
+  /** Closes the socket now, without waiting for a closing handshake a dead peer never sends. */
+  private dropSocket(code: number, reason: string): void {
+    const sock = this.socket
+    this.abandonSocket()
+    if (!sock) return
+    try {
+      const terminate = (sock as { terminate?: () => void }).terminate
+      if (code !== 1000 && typeof terminate === 'function') terminate.call(sock)
+      else sock.close(code, reason)
+    } catch {
+      /* already closed */
+    }
+  }
+
+  private armHeartbeat(): void {
+    this.clearTimer('heartbeatTimer')
+    if (!this.socket) return
+    // Two missed pings mean a dead socket; the extra half interval absorbs jitter.
+    const timeout = this.pingIntervalMs * 2 + Math.min(this.pingIntervalMs / 2, 5_000)
+    this.heartbeatTimer = setTimeout(() => {
+      this.heartbeatTimer = null
+      if (!this.socket) return
+      const wasConnected = this.currentState === 'connected'
+      this.dropSocket(4002, 'heartbeat timeout')
+      if (this.wanted) this.socketFailed(4002, wasConnected)
+    }, timeout)
+  }
+
+  // ------------------------------------------------------------------- tokens
+
+  /** The token to use now, asking `getToken` when there is none or it is (nearly) expired. */
+  protected authToken(): Promise<string | null> {
+    const { getToken } = this.options
+    if (!getToken) return Promise.resolve(this.token)
+    const stale = this.tokenExpiresAt !== null && this.tokenExpiresAt - Date.now() < 1_000
+    if (this.token && !stale && !this.forceNewToken) return Promise.resolve(this.token)
+    // One call at a time: the socket and every poll loop share its answer.
+    this.tokenRequest ??= (async () => {
+      try {
+        const next = (await getToken()) ?? null
+        this.forceNewToken = false
+        this.token = next
+        this.tokenExpiresAt = next ? tokenExpiry(next) : null
+        return next
+      } finally {
+        this.tokenRequest = null
+      }
+    })()
+    return this.tokenRequest
+  }
+
+  /** Makes the next `authToken()` ask `getToken` for a new token. */
+  protected forceTokenRefresh(): void {
+    this.forceNewToken = true
+  }
+
+  private scheduleRefresh(): void {
+    this.clearTimer('refreshTimer')
+    if (!this.options.getToken || this.tokenExpiresAt === null) return
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null
+      this.forceNewToken = true
+      void this.refreshToken()
+    }, refreshDelay(this.tokenExpiresAt, Date.now()))
+  }
+
+  private async refreshToken(): Promise<void> {
+    if (!this.options.getToken || this.currentState !== 'connected') return
+    const gen = this.generation
+    let token: string | null
+    try {
+      token = await this.authToken()
+    } catch (err) {
+      this.events.emit('error', { code: 1001, message: `getToken failed: ${String(err)}` })
+      return
+    }
+    if (gen !== this.generation || !token) return
+    this.request({ type: 'refresh', token }).then(
+      () => this.scheduleRefresh(),
+      (err: RealtimeError) => this.events.emit('error', err),
+    )
+  }
+
+  // ----------------------------------------------------------------- delivery
+
+  private sendSubscribe(name: string, ch: ChannelState): void {
+    const id = this.nextId++
+    const since = ch.position.cursor
+    ch.pendingId = id
+    ch.sentSince = since
+    const frame: Frame = { type: 'subscribe', id, channel: name }
+    if (since) frame.since = since
+    this.send(frame)
+  }
+
+  private deliver(ch: ChannelState, channel: string, m: PollAnswer['messages'][number]): void {
+    if (!ch.position.accept(m.cursor)) return
+    const meta: MessageMeta = { channel, offset: Number(m.offset), cursor: m.cursor, ts: Number(m.ts) }
+    for (const h of [...ch.handlers]) {
+      try {
+        h.fn(m.data, meta)
+      } catch (err) {
+        reportListenerError(err)
+      }
+    }
+  }
+
+  private deliverNotification(m: PollAnswer['messages'][number]): void {
+    if (!this.inbox.accept(m.cursor)) return
+    const meta: NotificationMeta = { offset: Number(m.offset), cursor: m.cursor, ts: Number(m.ts) }
+    for (const h of [...this.notificationHandlers]) {
+      try {
+        h.fn(m.data, meta)
+      } catch (err) {
+        reportListenerError(err)
+      }
+    }
+  }
+
+  /** Hands a polling answer for `channel` (null: the inbox) to the app through the shared positions. */
+  protected deliverPolled(channel: string | null, since: string | null, answer: PollAnswer): void {
+    const position = channel === null ? this.inbox : this.channels.get(channel)?.position
+    if (!position) return
+    if (since && answer.recovered === false) {
+      this.events.emit('gap', { channel, since, cursor: answer.cursor })
+    }
+    for (const m of answer.messages ?? []) {
+      if (channel === null) this.deliverNotification(m)
+      else {
+        const ch = this.channels.get(channel)
+        if (!ch) return
+        this.deliver(ch, channel, m)
+      }
+    }
+    if (typeof answer.cursor === 'string') position.advanceTo(answer.cursor)
+  }
+
+  /** Where polling resumes a stream: its cursor, or the time the app subscribed. */
+  protected pollSince(channel: string | null): string | null {
+    if (channel === null) return this.inbox.cursor ?? String(this.startedAt)
+    const ch = this.channels.get(channel)
+    if (!ch || ch.failed) return null
+    return ch.position.cursor ?? String(ch.since)
+  }
+
+  /** True when a polled stream still exists and has a cursor (so a `recovered:false` is a real gap). */
+  protected hasCursor(channel: string | null): boolean {
+    return (channel === null ? this.inbox : this.channels.get(channel)?.position)?.cursor != null
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  private request(frame: Frame): Promise<Frame> {
+    const id = this.nextId++
+    return new Promise<Frame>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      if (!this.send({ ...frame, id })) {
+        this.pending.delete(id)
+        reject({ code: 1010, message: 'not connected' } satisfies RealtimeError)
+      }
+    })
+  }
+
+  private settle(id: number, frame: Frame | null, err?: RealtimeError): void {
+    const p = this.pending.get(id)
+    if (!p) return
+    this.pending.delete(id)
+    if (err || !frame) p.reject(err ?? { code: 1011, message: 'no reply' })
+    else p.resolve(frame)
+  }
+
+  private send(frame: Frame): boolean {
+    const sock = this.socket
+    if (!sock || sock.readyState !== OPEN) return false
+    try {
+      sock.send(JSON.stringify(frame))
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  protected setState(next: ConnectionState): void {
+    if (next === this.currentState) return
+    this.currentState = next
+    this.events.emit('state', next)
+  }
+
+  protected emitError(err: RealtimeError): void {
+    this.events.emit('error', err)
+  }
+
+  private clearTimer(name: 'reconnectTimer' | 'heartbeatTimer' | 'connectTimer' | 'refreshTimer'): void {
+    const t = this[name]
+    if (t !== null) clearTimeout(t)
+    this[name] = null
+  }
+
+  /** True while `connect()` is in force (not after `disconnect()` or a final close). */
+  protected get active(): boolean {
+    return this.wanted
+  }
+
+  /** Stops reconnecting and polling but keeps subscriptions; `resumeSession` undoes it. */
+  protected pauseSession(): void {
+    this.wanted = false
+    this.clearTimer('reconnectTimer')
+    this.dropSocket(1000, 'paused')
+    this.stopFallback()
+    this.setState('disconnected')
+  }
+
+  /** Reconnects at once after `pauseSession`, resuming from the cursors. */
+  protected resumeSession(): void {
+    if (this.wanted) return this.reconnectNow()
+    this.wanted = true
+    this.failures = 0
+    this.setState('reconnecting')
+    void this.open()
+  }
+
+  // ---------------------------------------------- hooks for the polling fallback
+
+  /** After each failed or lost socket, with the count of failures in a row. */
+  protected onSocketFailed(_failures: number): void {}
+  /** When no WebSocket can be created at all. */
+  protected onSocketUnavailable(): void {}
+  /** When the socket reached `connected`. */
+  protected onConnected(): void {}
+  protected onChannelAdded(_channel: string): void {}
+  protected onChannelRemoved(_channel: string): void {}
+  protected onChannelFailed(_channel: string): void {}
+  /** Stop polling (called on connect and on disconnect). */
+  protected stopFallback(): void {}
+}

@@ -1,0 +1,99 @@
+/**
+ * The hooks shared by the web and React Native entry points. They subscribe in
+ * an effect keyed on (service, channel) only; the handler is read through a
+ * ref, so a new callback identity on every render never resubscribes, and the
+ * effect's cleanup unsubscribes on unmount or when the channel changes.
+ */
+import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react'
+import type { RealtimeClient } from './client.js'
+import type { ConnectionState, MessageHandler, NotificationHandler } from './types.js'
+
+/** Anything with the client's surface: RealtimeClient, RealtimeService, MobileRealtimeService. */
+export type AnyService = Pick<RealtimeClient, 'subscribe' | 'onNotification' | 'on' | 'state'>
+
+function useLatest<T>(value: T): { readonly current: T } {
+  const ref = useRef(value)
+  // Updated during render so a message arriving before the next effect uses the newest handler.
+  ref.current = value
+  return ref
+}
+
+/** Subscribes `onMessage` to `channel` while mounted; a null channel or service subscribes nothing. */
+export function useChannel<T = unknown>(
+  service: AnyService | null | undefined,
+  channel: string | null | undefined,
+  onMessage: MessageHandler<T>,
+): void {
+  const handler = useLatest(onMessage)
+  useEffect(() => {
+    if (!service || !channel) return
+    return service.subscribe<T>(channel, (data, meta) => handler.current(data, meta))
+  }, [service, channel, handler])
+}
+
+/** `venue:{venueId}` when a venue is given, else every venue's changes on `venue_updates`. */
+export function useVenueUpdates<T = unknown>(
+  service: AnyService | null | undefined,
+  onUpdate: MessageHandler<T>,
+  venueId?: string | number | null,
+): void {
+  useChannel(service, venueId != null && venueId !== '' ? `venue:${venueId}` : 'venue_updates', onUpdate)
+}
+
+/** New vibe checks at a venue (`vibe_checks:{venueId}`). */
+export function useVibeChecks<T = unknown>(
+  service: AnyService | null | undefined,
+  venueId: string | number | null | undefined,
+  onVibeCheck: MessageHandler<T>,
+): void {
+  useChannel(service, venueId != null && venueId !== '' ? `vibe_checks:${venueId}` : null, onVibeCheck)
+}
+
+/** Promotions at a venue (`promotions:{venueId}`). */
+export function usePromotions<T = unknown>(
+  service: AnyService | null | undefined,
+  venueId: string | number | null | undefined,
+  onPromotion: MessageHandler<T>,
+): void {
+  useChannel(service, venueId != null && venueId !== '' ? `promotions:${venueId}` : null, onPromotion)
+}
+
+/** The connected user's notifications while mounted. */
+export function useNotifications<T = unknown>(
+  service: AnyService | null | undefined,
+  onNotification: NotificationHandler<T>,
+): void {
+  const handler = useLatest(onNotification)
+  useEffect(() => {
+    if (!service) return
+    return service.onNotification<T>((data, meta) => handler.current(data, meta))
+  }, [service, handler])
+}
+
+/** The service's connection state, re-rendering on change. */
+export function useConnectionState(service: AnyService | null | undefined): ConnectionState {
+  const subscribe = useCallback(
+    (onChange: () => void) => (service ? service.on('state', onChange) : () => {}),
+    [service],
+  )
+  const get = () => service?.state ?? 'disconnected'
+  return useSyncExternalStore(subscribe, get, get)
+}
+
+/**
+ * Keeps one service for the lifetime of `key`: created on first render,
+ * connected while mounted, disconnected on unmount or when `key` changes.
+ */
+export function useServiceLifecycle<S extends { connect(): void; disconnect(): void }>(
+  key: string,
+  create: () => S,
+): S {
+  const ref = useRef<{ key: string; service: S } | null>(null)
+  if (!ref.current || ref.current.key !== key) ref.current = { key, service: create() }
+  const service = ref.current.service
+  useEffect(() => {
+    service.connect()
+    return () => service.disconnect()
+  }, [service])
+  return service
+}

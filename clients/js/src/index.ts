@@ -1,0 +1,10 @@
+/**
+ * herald-client: the TypeScript client for Herald (SPEC §8).
+ * `RealtimeClient` is the WebSocket client; `RealtimeService` adds the polling fallback.
+ */
+export { RealtimeClient, type ClientEvents, type PollAnswer } from './client.js'
+export { RealtimeService } from './service.js'
+export { MobileRealtimeService, type AppStateLike, type NetworkLike, type MobileRealtimeOptions } from './mobile.js'
+export { backoffDelay } from './backoff.js'
+export { parseCursor, formatCursor, type Cursor } from './cursor.js'
+export type * from './types.js'

@@ -1,0 +1,63 @@
+/**
+ * herald-client/react: React hooks for the web (SPEC §8), with the seed
+ * application's signatures: `useRealtime(url, userIdOrOptions)` →
+ * `{service, isConnected, state}`, and the channel hooks.
+ */
+import { useRef } from 'react'
+import { RealtimeService } from './service.js'
+import { useConnectionState, useServiceLifecycle } from './hooks-core.js'
+import type { ConnectionState, RealtimeOptions } from './types.js'
+
+export {
+  useChannel,
+  useVenueUpdates,
+  useVibeChecks,
+  usePromotions,
+  useNotifications,
+  useConnectionState,
+  type AnyService,
+} from './hooks-core.js'
+
+/** Options for `useRealtime`: every RealtimeOptions field except `url`. */
+export type UseRealtimeOptions = Omit<RealtimeOptions, 'url'>
+
+export interface UseRealtimeResult<S> {
+  service: S
+  isConnected: boolean
+  state: ConnectionState
+}
+
+/** A stable identity for the options that require a new service when they change. */
+function serviceKey(url: string, o: UseRealtimeOptions): string {
+  return JSON.stringify([url, o.apiUrl ?? '', o.user ?? '', o.token ?? '', Boolean(o.getToken)])
+}
+
+/**
+ * Normalises the seed's `userId` string to options: a bare user id is the
+ * dev-mode `user` (production apps pass `{ getToken }` or `{ token }`).
+ */
+function toOptions(userIdOrOptions: string | UseRealtimeOptions | null | undefined): UseRealtimeOptions {
+  if (typeof userIdOrOptions === 'string') return { user: userIdOrOptions }
+  return userIdOrOptions ?? {}
+}
+
+/**
+ * Creates a RealtimeService for `url`, connects it while the component is
+ * mounted, and re-renders on state changes. A new service is made only when
+ * the url, apiUrl, user or token changes; `getToken` is read fresh each call.
+ */
+export function useRealtime(
+  url: string,
+  userIdOrOptions?: string | UseRealtimeOptions | null,
+): UseRealtimeResult<RealtimeService> {
+  const options = toOptions(userIdOrOptions)
+  const latest = useRef(options)
+  latest.current = options
+  const service = useServiceLifecycle(serviceKey(url, options), () => {
+    const o: RealtimeOptions = { ...options, url }
+    if (options.getToken) o.getToken = () => latest.current.getToken?.()
+    return new RealtimeService(o)
+  })
+  const state = useConnectionState(service)
+  return { service, isConnected: state === 'connected', state }
+}

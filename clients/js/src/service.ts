@@ -1,0 +1,179 @@
+/**
+ * RealtimeService: RealtimeClient plus the HTTP polling fallback (SPEC §8).
+ *
+ * When the socket cannot be created, or fails `fallbackAfter` times in a row,
+ * the service polls the §5 endpoints for every subscribed channel and for the
+ * notification inbox, each from its cursor, holding long polls where the
+ * server does (`wait`), and keeps trying the socket with backoff. The first
+ * socket that reaches `connected` stops every poll (in-flight ones are aborted
+ * and their late answers dropped) before the resubscribes carry the cursors,
+ * so nothing is lost or delivered twice across the switch.
+ */
+import { backoffDelay } from './backoff.js'
+import { RealtimeClient, type PollAnswer } from './client.js'
+import type { FetchLike, RealtimeOptions } from './types.js'
+
+/** One stream being polled; `null` key is the notification inbox. */
+interface PollLoop {
+  readonly abort: AbortController
+  stopped: boolean
+}
+
+const INBOX = '\u0000inbox'
+
+export class RealtimeService extends RealtimeClient {
+  private readonly loops = new Map<string, PollLoop>()
+  private fallbackActive = false
+
+  constructor(options: RealtimeOptions) {
+    super(options)
+  }
+
+  /** True while the fallback is polling. */
+  get isPolling(): boolean {
+    return this.fallbackActive
+  }
+
+  protected override onSocketFailed(failures: number): void {
+    if (failures >= this.options.fallbackAfter) this.startFallback()
+  }
+
+  protected override onSocketUnavailable(): void {
+    this.startFallback()
+  }
+
+  protected override onChannelAdded(channel: string): void {
+    if (this.fallbackActive) this.startLoop(channel)
+  }
+
+  protected override onChannelRemoved(channel: string): void {
+    this.stopLoop(channel)
+  }
+
+  protected override onChannelFailed(channel: string): void {
+    this.stopLoop(channel)
+  }
+
+  protected startFallback(): void {
+    if (this.fallbackActive || !this.active) return
+    this.fallbackActive = true
+    this.setState('polling')
+    for (const channel of this.subscribedChannels) this.startLoop(channel)
+    if (this.options.token || this.options.getToken || this.options.user) this.startLoop(INBOX)
+  }
+
+  protected override stopFallback(): void {
+    if (!this.fallbackActive) return
+    this.fallbackActive = false
+    for (const key of [...this.loops.keys()]) this.stopLoop(key)
+  }
+
+  private startLoop(key: string): void {
+    if (this.loops.has(key)) return
+    const loop: PollLoop = { abort: new AbortController(), stopped: false }
+    this.loops.set(key, loop)
+    void this.runLoop(key === INBOX ? null : key, loop).finally(() => {
+      if (this.loops.get(key) === loop) this.loops.delete(key)
+    })
+  }
+
+  private stopLoop(key: string): void {
+    const loop = this.loops.get(key)
+    if (!loop) return
+    this.loops.delete(key)
+    loop.stopped = true
+    loop.abort.abort()
+  }
+
+  private fetcher(): FetchLike {
+    const f = this.options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch
+    if (!f) throw new Error('herald-client: no fetch implementation for polling')
+    return f
+  }
+
+  private pollUrl(channel: string | null, since: string | null, wait: number, token: string | null): string {
+    // Channel names are limited to characters valid in a path segment.
+    const path = channel === null ? '/api/notifications' : `/api/channels/${channel}/messages`
+    const q: string[] = []
+    if (since) q.push(`since=${encodeURIComponent(since)}`)
+    if (wait > 0) q.push(`wait=${wait}`)
+    // Dev mode: the inbox of a user named without a token.
+    if (channel === null && !token && this.options.user) q.push(`user=${encodeURIComponent(this.options.user)}`)
+    return `${this.options.apiUrl}${path}${q.length ? `?${q.join('&')}` : ''}`
+  }
+
+  /** Polls one stream until it is stopped. Every wait is bounded and abortable. */
+  private async runLoop(channel: string | null, loop: PollLoop): Promise<void> {
+    const { pollInterval, longPollWait, minReconnectDelay, maxReconnectDelay } = this.options
+    let errors = 0
+    let authRetried = false
+    while (!loop.stopped) {
+      const since = this.pollSince(channel)
+      if (since === null) return
+      const sinceIsCursor = this.hasCursor(channel)
+      const wait = this.loops.size <= this.options.maxLongPolls ? Math.max(0, Math.floor(longPollWait)) : 0
+      const started = Date.now()
+      let answer: PollAnswer
+      try {
+        const token = await this.authToken()
+        if (loop.stopped) return
+        const headers: Record<string, string> = { accept: 'application/json' }
+        if (token) headers.authorization = `Bearer ${token}`
+        const res = await this.fetcher()(this.pollUrl(channel, since, wait, token), { headers, signal: loop.abort.signal })
+        if (loop.stopped) return
+        if (res.status === 401 && this.options.getToken && !authRetried) {
+          // An expired token: fetch a new one once, then give up on this stream.
+          authRetried = true
+          this.forceTokenRefresh()
+          continue
+        }
+        if (res.status === 400 || res.status === 401 || res.status === 403 || res.status === 404) {
+          const body = (await res.json().catch(() => null)) as { error?: { code?: number; message?: string } } | null
+          this.emitError({
+            code: body?.error?.code ?? 1000,
+            message: body?.error?.message ?? `polling answered ${res.status}`,
+            ...(channel !== null ? { channel } : {}),
+          })
+          return
+        }
+        if (!res.ok) {
+          const retryAfter = Number(res.headers.get('retry-after'))
+          errors++
+          await this.sleep(
+            loop,
+            retryAfter > 0 ? retryAfter * 1000 : backoffDelay(errors, minReconnectDelay, maxReconnectDelay, this.options.random) + 1,
+          )
+          continue
+        }
+        answer = (await res.json()) as PollAnswer
+      } catch {
+        if (loop.stopped) return
+        errors++
+        await this.sleep(loop, backoffDelay(errors, minReconnectDelay, maxReconnectDelay, this.options.random) + 1)
+        continue
+      }
+      if (loop.stopped) return
+      errors = 0
+      authRetried = false
+      this.deliverPolled(channel, sinceIsCursor ? since : null, answer)
+      if (answer.more) continue
+      const held = Date.now() - started
+      // A server that answered an empty poll at once does not hold long polls:
+      // fall back to polling every pollInterval.
+      const longPolled = wait > 0 && (answer.messages?.length > 0 || held >= (wait * 1000) / 2)
+      if (!longPolled) await this.sleep(loop, pollInterval)
+    }
+  }
+
+  private sleep(loop: PollLoop, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (loop.stopped) return resolve()
+      const t = setTimeout(done, ms)
+      loop.abort.signal.addEventListener('abort', done, { once: true })
+      function done(): void {
+        clearTimeout(t)
+        resolve()
+      }
+    })
+  }
+}

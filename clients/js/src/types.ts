@@ -1,0 +1,102 @@
+/**
+ * Public types shared by every entry point: options, states, message metadata,
+ * and the small structural interfaces (WebSocket, fetch) the SDK needs from its
+ * host so that it runs unchanged in browsers, React Native and Node.
+ */
+
+/** Connection state, as reported by `client.state` and the `state` event. */
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected' | 'reconnecting' | 'polling'
+
+/** Where a channel message came from, handed to `subscribe` handlers. */
+export interface MessageMeta {
+  channel: string
+  offset: number
+  cursor: string
+  ts: number
+}
+
+/** Where a notification came from, handed to `onNotification` handlers. */
+export interface NotificationMeta {
+  offset: number
+  cursor: string
+  ts: number
+}
+
+export type MessageHandler<T = unknown> = (data: T, meta: MessageMeta) => void
+export type NotificationHandler<T = unknown> = (data: T, meta: NotificationMeta) => void
+
+/**
+ * A gap the server could not fill (`recovered: false`): history expired, was
+ * trimmed, or the channel's epoch changed. The app should refetch its state.
+ * `channel` is null for the notification inbox.
+ */
+export interface GapInfo {
+  channel: string | null
+  /** The cursor the SDK asked to resume from. */
+  since: string
+  /** Where the stream continues now. */
+  cursor: string
+}
+
+/** An error the server reported, or a close that ends the connection for good. */
+export interface RealtimeError {
+  code: number
+  message: string
+  channel?: string
+}
+
+/** The subset of the WHATWG WebSocket the SDK uses (browser, React Native, `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number
+  onopen: ((ev: unknown) => void) | null
+  onmessage: ((ev: { data: unknown }) => void) | null
+  onclose: ((ev: { code: number; reason: string }) => void) | null
+  onerror: ((ev: unknown) => void) | null
+  send(data: string): void
+  close(code?: number, reason?: string): void
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike
+
+export type FetchLike = (
+  input: string,
+  init?: { method?: string; headers?: Record<string, string>; signal?: AbortSignal; body?: string },
+) => Promise<{ status: number; ok: boolean; headers: { get(name: string): string | null }; json(): Promise<unknown> }>
+
+/** Options common to every entry point (SPEC §8). */
+export interface RealtimeOptions {
+  /** The `ws://host/ws` (or `wss://`) URL. */
+  url: string
+  /** The server's HTTP origin for polling; default derived from `url`. */
+  apiUrl?: string
+  /** A JWT. Use `getToken` instead when tokens expire. */
+  token?: string | null
+  /** Returns a fresh JWT; called before each connect when needed, before `exp`, and after 4005. */
+  getToken?: () => Promise<string | null | undefined> | string | null | undefined
+  /** Dev mode only: the user whose notifications to receive without a token. */
+  user?: string
+  /** A WebSocket constructor; default `globalThis.WebSocket`. */
+  webSocket?: WebSocketConstructor
+  /** A fetch function for polling; default `globalThis.fetch`. */
+  fetch?: FetchLike
+  /** Smallest reconnect delay in ms (default 500). */
+  minReconnectDelay?: number
+  /** Largest reconnect delay in ms (default 20000). */
+  maxReconnectDelay?: number
+  /** Socket failures in a row before polling starts (default 3; RealtimeService only). */
+  fallbackAfter?: number
+  /** Polling period in ms when the server does not hold long polls (default 30000). */
+  pollInterval?: number
+  /** Seconds the server may hold a long poll (`wait`, default 25; 0 disables long polling). */
+  longPollWait?: number
+  /**
+   * Streams (channels + inbox) that may hold a long poll at once (default 4).
+   * Browsers open about 6 HTTP/1.1 connections per origin; with more streams
+   * than this, every stream polls every `pollInterval` instead.
+   */
+  maxLongPolls?: number
+  /** The jitter source, a function returning [0, 1) (default Math.random). */
+  random?: () => number
+  /** Ms to wait for `connected` after opening a socket before giving up on it (default 10000). */
+  connectTimeout?: number
+}

@@ -1,0 +1,94 @@
+/**
+ * herald-client/react-native rendered under Node with react-test-renderer
+ * (react-native is aliased to test/shims/react-native.tsx), against a real
+ * Herald process.
+ */
+import { create, type ReactTestRenderer } from 'react-test-renderer'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import WebSocket from 'ws'
+import { AppState, Text } from 'react-native'
+import { RealtimeDemo, useRealtime, useVenueUpdates } from '../src/react-native.js'
+import type { WebSocketConstructor } from '../src/types.js'
+import { makeToken, startHerald, type Herald } from './helpers/herald.js'
+import { waitFor } from './helpers/wait.js'
+
+const WS = WebSocket as unknown as WebSocketConstructor
+const shim = AppState as unknown as { emit(s: string): void; listenerCount(): number }
+
+let server: Herald
+let renderer: ReactTestRenderer | null = null
+beforeAll(async () => {
+  server = await startHerald()
+})
+// No act(): updates arrive from real sockets, so the tests wait for the tree instead.
+afterEach(async () => {
+  renderer?.unmount()
+  renderer = null
+  await waitFor(() => shim.listenerCount() === 0, 'unmounted services to stop listening to AppState')
+})
+afterAll(async () => {
+  await server?.stop()
+})
+
+function texts(testID: string): string[] {
+  return renderer!.root
+    .findAll((n) => n.props.testID === testID && typeof n.type === 'string')
+    .map((n) => [n.props.children].flat().join(''))
+}
+
+describe('herald-client/react-native', () => {
+  it('RealtimeDemo shows the state, live channel messages and notifications', async () => {
+    renderer = create(
+      <RealtimeDemo
+        url={server.wsUrl}
+        token={makeToken('rn-1')}
+        channels={['venue:40', 'pub:41']}
+        options={{ webSocket: WS, backgroundGrace: 200, minReconnectDelay: 20 }}
+      />,
+    )
+    await waitFor(() => texts('herald-state')[0] === 'State: connected', 'connected state')
+    expect(texts('herald-channel')).toEqual(['venue:40', 'pub:41'])
+    // Subscriptions go out right after `connected`; publish until one lands.
+    await waitFor(async () => {
+      await server.publish('venue:40', { name: 'Club' })
+      return texts('herald-message').length > 0
+    }, 'venue message', 10_000, 200)
+    await server.publish('pub:41', { hello: 1 })
+    await server.notify('rn-1', { title: 'hi' })
+    await waitFor(() => texts('herald-message').some((t) => t.startsWith('pub:41 #1 {"hello":1}')), 'second channel')
+    await waitFor(() => texts('herald-notification').length === 1, 'notification')
+    expect(texts('herald-notification')[0]).toMatch(/^#\d+ \{"title":"hi"\}$/)
+    expect(texts('herald-polling')).toEqual([])
+
+    // The app goes to the background: after the grace the socket closes.
+    shim.emit('background')
+    await waitFor(() => texts('herald-state')[0] === 'State: disconnected', 'suspended')
+    shim.emit('active')
+    await waitFor(() => texts('herald-state')[0] === 'State: connected', 'resumed')
+  })
+
+  it('mobile useRealtime(wsUrl, apiUrl, options) wires AppState and unsubscribes on unmount', async () => {
+    const got: unknown[] = []
+    let svc: ReturnType<typeof useRealtime>['service'] | null = null
+    function VenueScreen() {
+      const { service, isConnected } = useRealtime(server.wsUrl, server.origin, { token: makeToken('rn-2'), webSocket: WS })
+      svc = service
+      useVenueUpdates(service, (u) => got.push(u), '42')
+      return <Text testID="status">{isConnected ? 'Connected' : 'Disconnected'}</Text>
+    }
+    const listenersBefore = shim.listenerCount()
+    expect(listenersBefore).toBe(0)
+    renderer = create(<VenueScreen />)
+    await waitFor(() => shim.listenerCount() === listenersBefore + 1, 'AppState listener')
+    await waitFor(() => texts('status')[0] === 'Connected', 'connected')
+    await waitFor(async () => {
+      await server.publish('venue:42', { n: got.length })
+      return got.length > 0
+    }, 'venue update', 10_000, 200)
+    renderer!.unmount()
+    renderer = null
+    await waitFor(() => shim.listenerCount() === listenersBefore, 'AppState listener removed')
+    expect(svc!.subscribedChannels).toEqual([])
+    expect(svc!.state).toBe('disconnected')
+  })
+})

@@ -1,0 +1,218 @@
+//! A small Rust client for Herald: open a WebSocket, send commands, await
+//! replies by `id`, and read pushes in order. Used by the integration tests,
+//! the CLI and the load generator; it speaks the protocol, it does not hide it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// Nothing arrived in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// The server closed the connection.
+    #[error("closed by server: {code:?} {reason}")]
+    Closed {
+        /// The close code, if any.
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+    },
+    /// A frame was not JSON.
+    #[error("bad frame from server: {0}")]
+    BadFrame(String),
+}
+
+/// What the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A JSON frame.
+    Frame(Value),
+    /// The close, with its code and reason.
+    Closed {
+        /// The close code, if any.
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+/// A connection to a Herald server.
+#[derive(Debug)]
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    buffered: VecDeque<Value>,
+    next_id: u64,
+    /// Answer the server's `ping` automatically (default true).
+    pub auto_pong: bool,
+    /// How long `request` and `next_push` wait (default 10 s).
+    pub timeout: Duration,
+}
+
+impl Client {
+    /// Opens a WebSocket to `url` (e.g. `ws://127.0.0.1:8080/ws`).
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Self {
+            ws,
+            buffered: VecDeque::new(),
+            next_id: 1,
+            auto_pong: true,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Sends raw text (for tests of malformed input).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        Ok(self.ws.send(Message::text(text)).await?)
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
+        Ok(self.ws.send(Message::binary(bytes)).await?)
+    }
+
+    /// Sends a JSON command as is.
+    pub async fn send(&mut self, command: &Value) -> Result<(), Error> {
+        self.send_text(&command.to_string()).await
+    }
+
+    /// The next event from the socket, bypassing the push buffer.
+    pub async fn next_event(&mut self) -> Result<Event, Error> {
+        loop {
+            let msg = match tokio::time::timeout(self.timeout, self.ws.next()).await {
+                Err(_) => return Err(Error::Timeout("a frame".into())),
+                Ok(None) => {
+                    return Ok(Event::Closed {
+                        code: None,
+                        reason: String::new(),
+                    })
+                }
+                Ok(Some(Err(e))) => match e {
+                    tokio_tungstenite::tungstenite::Error::ConnectionClosed
+                    | tokio_tungstenite::tungstenite::Error::AlreadyClosed => {
+                        return Ok(Event::Closed {
+                            code: None,
+                            reason: String::new(),
+                        })
+                    }
+                    other => return Err(other.into()),
+                },
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    let v: Value =
+                        serde_json::from_str(&t).map_err(|_| Error::BadFrame(t.to_string()))?;
+                    if self.auto_pong && v["type"] == "ping" {
+                        self.send(&json!({"type": "pong"})).await?;
+                        continue;
+                    }
+                    return Ok(Event::Frame(v));
+                }
+                Message::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    return Ok(Event::Closed { code, reason });
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame (buffered pushes first); a close is an error.
+    pub async fn next_frame(&mut self) -> Result<Value, Error> {
+        if let Some(v) = self.buffered.pop_front() {
+            return Ok(v);
+        }
+        match self.next_event().await? {
+            Event::Frame(v) => Ok(v),
+            Event::Closed { code, reason } => Err(Error::Closed { code, reason }),
+        }
+    }
+
+    /// Sends `command` with a fresh `id` and returns the reply carrying it;
+    /// frames that arrive first are kept for [`Client::next_frame`].
+    pub async fn request(&mut self, mut command: Value) -> Result<Value, Error> {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = json!(id);
+        self.send(&command).await?;
+        loop {
+            match self.next_event().await? {
+                Event::Frame(v) if v["id"] == json!(id) => return Ok(v),
+                Event::Frame(v) => self.buffered.push_back(v),
+                Event::Closed { code, reason } => return Err(Error::Closed { code, reason }),
+            }
+        }
+    }
+
+    /// `connect` with an optional token; returns the reply.
+    pub async fn connect(&mut self, token: Option<&str>) -> Result<Value, Error> {
+        let mut cmd = json!({"type": "connect"});
+        if let Some(t) = token {
+            cmd["token"] = json!(t);
+        }
+        self.request(cmd).await
+    }
+
+    /// `subscribe`, optionally resuming from `since`; returns the reply.
+    pub async fn subscribe(&mut self, channel: &str, since: Option<&str>) -> Result<Value, Error> {
+        let mut cmd = json!({"type": "subscribe", "channel": channel});
+        if let Some(s) = since {
+            cmd["since"] = json!(s);
+        }
+        self.request(cmd).await
+    }
+
+    /// The next `message` or `notification` push, skipping other frames.
+    pub async fn next_push(&mut self) -> Result<Value, Error> {
+        loop {
+            let v = self.next_frame().await?;
+            if v["type"] == "message" || v["type"] == "notification" {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the `disconnect` frame (if one
+    /// came) and the close code.
+    pub async fn until_closed(&mut self) -> Result<(Option<Value>, Option<u16>), Error> {
+        let mut disconnect = self
+            .buffered
+            .iter()
+            .find(|v| v["type"] == "disconnect")
+            .cloned();
+        self.buffered.clear();
+        loop {
+            match self.next_event().await? {
+                Event::Frame(v) if v["type"] == "disconnect" => disconnect = Some(v),
+                Event::Frame(_) => {}
+                Event::Closed { code, .. } => return Ok((disconnect, code)),
+            }
+        }
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: WsCloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+}

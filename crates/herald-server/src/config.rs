@@ -1,0 +1,896 @@
+//! Configuration (SPEC §6): defaults, then the TOML file, then `HERALD_*`
+//! environment variables, then command-line flags, validated before anything
+//! binds. `herald config` prints the result with secrets masked.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald_protocol::validate_channel;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key has a bad value (or is unknown).
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `limits.max_connections`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Who may subscribe to (and poll) a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Anyone, including anonymous clients.
+    Public,
+    /// Any authenticated user.
+    Authenticated,
+    /// Users whose token's `channels` claim names the channel (or a `prefix*`).
+    Claim,
+}
+
+/// Which engine stores history and fans messages out (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Single node, durable store under `engine.path`.
+    Embedded,
+    /// Single node, nothing kept across restarts.
+    Memory,
+    /// Several nodes sharing one Redis (not built yet).
+    Redis,
+}
+
+/// How hard the embedded store pushes each commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync every group commit: an answered publish survives power loss.
+    Full,
+    /// fsync at checkpoints only: an answered publish survives a process crash
+    /// (`kill -9`) but not a power loss.
+    Normal,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind, `host:port`.
+    pub listen: String,
+    /// Origins allowed to open a WebSocket; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Development mode (SPEC §4); implied by `herald serve` with no config.
+    pub dev: bool,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Limits on connections, frames and rates.
+    pub limits: LimitsConfig,
+    /// Heartbeat timing.
+    pub heartbeat: HeartbeatConfig,
+    /// Engine choice and location.
+    pub engine: EngineConfig,
+    /// History defaults for namespaces.
+    pub history: RetentionConfig,
+    /// Notification inbox retention.
+    pub notifications: RetentionConfig,
+    /// Namespaces: extend the built-in ones; one with a built-in's name replaces it.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Serve TLS directly (not built yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens.
+    pub hmac_secret: Option<String>,
+    /// PEM public key for RS256/ES256 client tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Keys for the server API (publish, notify, status).
+    pub api_keys: Vec<String>,
+    /// Allow `connect` without a token (public namespaces only).
+    pub allow_anonymous: bool,
+    /// Accept tokens without `exp`.
+    pub allow_no_exp: bool,
+    /// Clock leeway for `exp` and `nbf`.
+    #[serde(with = "duration_str")]
+    pub leeway: Duration,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connected sessions on this node.
+    pub max_connections: usize,
+    /// Connected sessions of one user on this node.
+    pub max_connections_per_user: usize,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+    /// Largest WebSocket frame (and message) accepted; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest published `data`, encoded.
+    pub max_message_bytes: usize,
+    /// Sustained commands per second per connection.
+    pub commands_per_second: u32,
+    /// Commands a connection may send in a burst.
+    pub burst: u32,
+    /// Rate-limited commands in a row before the connection is closed with 4004.
+    pub abuse_threshold: u32,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Time a socket has to send `connect`.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Largest HTTP request body (a batch is one body).
+    pub max_body_bytes: usize,
+    /// Items in one `/api/batch` request.
+    pub max_batch_items: usize,
+    /// Long-poll requests held at once; past this, polls answer at once.
+    pub max_long_poll_waiters: usize,
+    /// Time to let connections drain on shutdown.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// How often the server pings.
+    #[serde(with = "duration_str")]
+    pub ping_interval: Duration,
+    /// Extra time a client has to send anything after a ping interval.
+    #[serde(with = "duration_str")]
+    pub pong_timeout: Duration,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Which engine.
+    pub kind: EngineKind,
+    /// Directory of the embedded store (and of dev mode's `dev.env`).
+    pub path: PathBuf,
+    /// Redis URL for the redis engine.
+    pub redis_url: Option<String>,
+    /// Durability of the embedded store.
+    pub sync: SyncMode,
+}
+
+/// `[history]` and `[notifications]`: how much of a stream is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Messages kept per stream (exact).
+    pub size: usize,
+    /// How long a message is kept.
+    #[serde(with = "duration_str")]
+    pub ttl: Duration,
+}
+
+/// One `[[namespaces]]` entry; unset options fall back to `[history]` and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// The namespace (the part of a channel name before the first `:`).
+    pub name: String,
+    /// Who may subscribe.
+    #[serde(default = "default_subscribe")]
+    pub subscribe: SubscribeRule,
+    /// Messages kept per channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    /// How long messages are kept.
+    #[serde(
+        default,
+        with = "opt_duration_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_ttl: Option<Duration>,
+    /// Whether clients may publish here.
+    #[serde(default)]
+    pub client_publish: bool,
+}
+
+fn default_subscribe() -> SubscribeRule {
+    SubscribeRule::Authenticated
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            dev: false,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            engine: EngineConfig::default(),
+            history: RetentionConfig {
+                size: 1000,
+                ttl: Duration::from_secs(24 * 3600),
+            },
+            notifications: RetentionConfig {
+                size: 1000,
+                ttl: Duration::from_secs(30 * 24 * 3600),
+            },
+            namespaces: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hmac_secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            api_keys: Vec::new(),
+            allow_anonymous: false,
+            allow_no_exp: false,
+            leeway: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1_000_000,
+            max_connections_per_user: 100,
+            max_subscriptions_per_connection: 128,
+            max_frame_bytes: 65_536,
+            max_message_bytes: 65_536,
+            commands_per_second: 50,
+            burst: 100,
+            abuse_threshold: 100,
+            outbound_queue: 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_items: 1000,
+            max_long_poll_waiters: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Embedded,
+            path: PathBuf::from("herald-data"),
+            redis_url: None,
+            sync: SyncMode::Full,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The namespaces the product ships with (SPEC §1).
+pub fn builtin_namespaces() -> Vec<NamespaceConfig> {
+    ["venue_updates", "venue", "vibe_checks", "promotions"]
+        .into_iter()
+        .map(|name| NamespaceConfig {
+            name: name.into(),
+            subscribe: SubscribeRule::Authenticated,
+            history_size: None,
+            history_ttl: None,
+            client_publish: false,
+        })
+        .collect()
+}
+
+/// Overrides that come from command-line flags (they beat env and file).
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--port`
+    pub port: Option<u16>,
+    /// `--dev`
+    pub dev: bool,
+    /// `--engine`
+    pub engine: Option<EngineKind>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where configuration came from, for `herald serve` to decide on dev mode.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The effective configuration.
+    pub config: Config,
+    /// Whether a config file was read.
+    pub from_file: bool,
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← `env` ← `flags`, then validates.
+    ///
+    /// `env` is passed in (rather than read here) so tests can give their own.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &FlagOverrides,
+    ) -> Result<Loaded, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut tree, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
+            .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+        if let Some(listen) = &flags.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(port) = flags.port {
+            config.listen = with_port(&config.listen, port)?;
+        }
+        if flags.dev {
+            config.dev = true;
+        }
+        if let Some(kind) = flags.engine {
+            config.engine.kind = kind;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.engine.path = dir.clone();
+        }
+        config.validate()?;
+        Ok(Loaded {
+            config,
+            from_file: file.is_some(),
+        })
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not host:port (e.g. 127.0.0.1:8080)", self.listen),
+            )
+        })
+    }
+
+    /// Whether a token verifier is configured (HMAC secret or public key).
+    pub fn has_token_key(&self) -> bool {
+        self.auth.hmac_secret.is_some() || self.auth.public_key_file.is_some()
+    }
+
+    /// Checks every value that deserializing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        if self.dev && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "listen",
+                "dev mode binds loopback only (use 127.0.0.1)",
+            ));
+        }
+        if !self.dev
+            && !addr.ip().is_loopback()
+            && (self.auth.api_keys.is_empty() || !self.has_token_key())
+        {
+            return Err(invalid(
+                "listen",
+                "refusing to bind a non-loopback address without auth.api_keys and auth.hmac_secret (or auth.public_key_file)",
+            ));
+        }
+        if let Some(secret) = &self.auth.hmac_secret {
+            if secret.len() < 16 {
+                return Err(invalid("auth.hmac_secret", "must be at least 16 bytes"));
+            }
+        }
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if key.len() < 8 {
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}]"),
+                    "must be at least 8 bytes",
+                ));
+            }
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+            ),
+            (
+                "limits.max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.max_batch_items", l.max_batch_items),
+            ("history.size", self.history.size),
+            ("notifications.size", self.notifications.size),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_frame_bytes < 256 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 256"));
+        }
+        if l.max_message_bytes < 2 {
+            return Err(invalid("limits.max_message_bytes", "must be at least 2"));
+        }
+        if l.max_body_bytes < l.max_message_bytes {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                "must be at least limits.max_message_bytes",
+            ));
+        }
+        if l.commands_per_second == 0 || l.burst == 0 {
+            return Err(invalid(
+                "limits.commands_per_second",
+                "rate and burst must be at least 1",
+            ));
+        }
+        if self.heartbeat.ping_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat.ping_interval", "must be at least 100ms"));
+        }
+        if l.connect_timeout.is_zero() {
+            return Err(invalid("limits.connect_timeout", "must be more than 0"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let key = format!("namespaces[{i}].name");
+            if validate_channel(&ns.name).is_err() || ns.name.contains(':') {
+                return Err(invalid(
+                    &key,
+                    format!("{:?} is not a namespace name", ns.name),
+                ));
+            }
+            if !seen.insert(ns.name.as_str()) {
+                return Err(invalid(
+                    &key,
+                    format!("namespace {:?} is defined twice", ns.name),
+                ));
+            }
+            if ns.history_size == Some(0) {
+                return Err(invalid(
+                    &format!("namespaces[{i}].history_size"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.engine.kind == EngineKind::Redis {
+            return Err(invalid(
+                "engine.kind",
+                "the redis engine is not available in this build yet; use embedded or memory",
+            ));
+        }
+        if self.tls.is_some() {
+            return Err(invalid(
+                "tls",
+                "TLS is not available in this build yet; terminate TLS in a proxy",
+            ));
+        }
+        if self.auth.public_key_file.is_some() && self.auth.hmac_secret.is_some() {
+            return Err(invalid(
+                "auth.public_key_file",
+                "set either auth.hmac_secret or auth.public_key_file, not both",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets masked, for `herald config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        if masked.auth.hmac_secret.is_some() {
+            masked.auth.hmac_secret = Some("********".into());
+        }
+        masked.auth.api_keys = masked
+            .auth
+            .api_keys
+            .iter()
+            .map(|_| "********".to_owned())
+            .collect();
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("{listen:?} is not host:port (e.g. 127.0.0.1:8080)"),
+        )
+    })?;
+    Ok(SocketAddr::new(addr.ip(), port).to_string())
+}
+
+/// Top-level keys that may be set as `HERALD_<KEY>`.
+const TOP_LEVEL_ENV_KEYS: [&str; 3] = ["listen", "allowed_origins", "dev"];
+
+/// Sections whose keys may be set as `HERALD_<SECTION>_<KEY>`.
+const ENV_SECTIONS: [&str; 6] = [
+    "auth",
+    "limits",
+    "heartbeat",
+    "engine",
+    "history",
+    "notifications",
+];
+
+/// Overlays `HERALD_*` variables onto the file's table. A variable's type is
+/// taken from the default configuration (lists are comma-separated); variables
+/// that name no known key are ignored, except that an unknown key in a known
+/// section is an error, since that is almost always a typo.
+fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let port = env.get("HERALD_PORT").or_else(|| env.get("WEBSOCKET_PORT"));
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let (path, example) = if let Some(d) = defaults
+            .get(&rest)
+            .filter(|_| TOP_LEVEL_ENV_KEYS.contains(&rest.as_str()))
+        {
+            (vec![rest.clone()], Some(d.clone()))
+        } else if let Some(section) = ENV_SECTIONS
+            .iter()
+            .find(|s| rest.starts_with(&format!("{s}_")))
+        {
+            let key = rest[section.len() + 1..].to_owned();
+            let example = defaults.get(*section).and_then(|t| t.get(&key)).cloned();
+            if example.is_none() && !OPTIONAL_KEYS.contains(&(section, key.as_str())) {
+                return Err(invalid(
+                    &format!("{section}.{key}"),
+                    format!("unknown key (from environment variable {name})"),
+                ));
+            }
+            (vec![section.to_string(), key], example)
+        } else {
+            continue;
+        };
+        let value = env_value(raw, example.as_ref()).map_err(|m| {
+            invalid(
+                &path.join("."),
+                format!("{m} (from environment variable {name})"),
+            )
+        })?;
+        set_path(tree, &path, value);
+    }
+    if let Some(port) = port {
+        let port: u16 = port.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("port {port:?} from the environment is not a port number"),
+            )
+        })?;
+        let listen = tree
+            .get("listen")
+            .and_then(|v| v.as_str())
+            .unwrap_or("127.0.0.1:8080")
+            .to_owned();
+        tree.insert(
+            "listen".into(),
+            toml::Value::String(with_port(&listen, port)?),
+        );
+    }
+    Ok(())
+}
+
+/// Keys that exist but have no default value to copy a type from.
+const OPTIONAL_KEYS: [(&str, &str); 5] = [
+    ("auth", "hmac_secret"),
+    ("auth", "public_key_file"),
+    ("auth", "issuer"),
+    ("auth", "audience"),
+    ("engine", "redis_url"),
+];
+
+fn env_value(raw: &str, example: Option<&toml::Value>) -> Result<toml::Value, String> {
+    Ok(match example {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.replace('_', "")
+                .parse()
+                .map_err(|_| format!("{raw:?} is not an integer"))?,
+        ),
+        Some(toml::Value::Boolean(_)) => match raw {
+            "true" | "1" | "yes" => toml::Value::Boolean(true),
+            "false" | "0" | "no" => toml::Value::Boolean(false),
+            _ => return Err(format!("{raw:?} is not a boolean")),
+        },
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [key] => {
+            tree.insert(key.clone(), value);
+        }
+        [section, rest @ ..] => {
+            let entry = tree
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+        [] => {}
+    }
+}
+
+/// Durations as human strings (`"25s"`, `"500ms"`, `"30d"`) or whole seconds.
+mod duration_str {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration like \"10s\", \"500ms\", \"24h\" or a number of seconds",
+            )
+        })? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); use e.g. \"10s\", \"500ms\", \"24h\""
+                ))
+            }),
+        }
+    }
+}
+
+mod opt_duration_str {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration_str::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load(None, &env(&[]), &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.max_connections_per_user, 100);
+        assert_eq!(c.limits.outbound_queue, 1024);
+        assert_eq!(c.heartbeat.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.notifications.ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(c.engine.kind, EngineKind::Embedded);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let f = file("listen = \"127.0.0.1:1000\"\n[limits]\nburst = 7\nmax_connections = 5\n");
+        let e = env(&[
+            ("HERALD_LIMITS_BURST", "9"),
+            ("HERALD_LISTEN", "127.0.0.1:2000"),
+        ]);
+        let c = Config::load(Some(f.path()), &e, &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.limits.burst, 9);
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.listen, "127.0.0.1:2000");
+        let flags = FlagOverrides {
+            port: Some(3000),
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), &e, &flags).unwrap().config;
+        assert_eq!(c.listen, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn websocket_port_is_honoured_when_herald_port_is_unset() {
+        let c = Config::load(
+            None,
+            &env(&[("WEBSOCKET_PORT", "9001")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.listen, "127.0.0.1:9001");
+        let e = env(&[("WEBSOCKET_PORT", "9001"), ("HERALD_PORT", "9002")]);
+        let c = Config::load(None, &e, &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.listen, "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn env_lists_durations_and_secrets() {
+        let e = env(&[
+            ("HERALD_AUTH_API_KEYS", "key-one-xx, key-two-xx"),
+            ("HERALD_AUTH_HMAC_SECRET", "0123456789abcdef0123"),
+            ("HERALD_HEARTBEAT_PING_INTERVAL", "500ms"),
+            ("HERALD_AUTH_ALLOW_ANONYMOUS", "true"),
+            ("HERALD_BIN", "/ignored/unrelated"),
+        ]);
+        let c = Config::load(None, &e, &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.auth.api_keys, vec!["key-one-xx", "key-two-xx"]);
+        assert_eq!(c.auth.hmac_secret.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.heartbeat.ping_interval, Duration::from_millis(500));
+        assert!(c.auth.allow_anonymous);
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("0123456789abcdef0123") && !masked.contains("key-one-xx"),
+            "{masked}"
+        );
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let cases = [
+            (
+                "[limits]\nmax_connections = \"many\"\n",
+                "limits.max_connections",
+            ),
+            ("[limits]\nmax_conections = 5\n", "max_conections"),
+            (
+                "[heartbeat]\nping_interval = \"soon\"\n",
+                "heartbeat.ping_interval",
+            ),
+            ("listen = \"nowhere\"\n", "listen"),
+            ("listen = \"0.0.0.0:8080\"\n", "listen"),
+            ("[[namespaces]]\nname = \"a:b\"\n", "namespaces[0].name"),
+            (
+                "[[namespaces]]\nname = \"chat\"\nsubscribe = \"everyone\"\n",
+                "namespaces[0].subscribe",
+            ),
+            ("[limits]\noutbound_queue = 0\n", "limits.outbound_queue"),
+        ];
+        for (text, key) in cases {
+            let f = file(text);
+            let err = Config::load(Some(f.path()), &env(&[]), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+        let err = Config::load(
+            None,
+            &env(&[("HERALD_LIMITS_BURST", "lots")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.burst"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[("HERALD_LIMITS_BRUST", "1")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.brust"), "{err}");
+    }
+
+    #[test]
+    fn public_bind_needs_secrets() {
+        let f = file("listen = \"0.0.0.0:8080\"\n[auth]\nhmac_secret = \"0123456789abcdef\"\napi_keys = [\"abcdefgh\"]\n");
+        assert!(Config::load(Some(f.path()), &env(&[]), &FlagOverrides::default()).is_ok());
+    }
+}

@@ -1,0 +1,115 @@
+//! HTTP errors: one status + `{"error":{"code","message"}}` body for every
+//! failure, mapped here from protocol codes so handlers never pick statuses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_protocol::{CommandError, ErrorCode};
+use serde_json::json;
+
+use crate::engine::EngineError;
+use crate::node::NodeError;
+
+/// An HTTP error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with an explicit status.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 / 1000.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    /// 401 / 1001.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+    }
+
+    /// 404 / 1000.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::BadRequest, message)
+    }
+
+    /// 503 / 1011: the engine can't serve the request now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                message,
+            )
+        }
+    }
+
+    /// The status a protocol code maps to.
+    pub fn status_for(code: ErrorCode) -> StatusCode {
+        match code {
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidChannel
+            | ErrorCode::AlreadySubscribed
+            | ErrorCode::NotSubscribed => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::NotConnected => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let mut err = Self::new(Self::status_for(e.code), e.code, e.message);
+        if err.status == StatusCode::TOO_MANY_REQUESTS {
+            err.retry_after = Some(1);
+        }
+        err
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        tracing::warn!(error = %e, "engine error");
+        Self::unavailable("the message store is unavailable; try again")
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Rejected(e) => e.into(),
+            NodeError::Engine(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_u16(), "message": self.message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

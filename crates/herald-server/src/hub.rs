@@ -1,0 +1,356 @@
+//! The hub: which local connections listen to which stream, and fan-out.
+//!
+//! A committed publication is encoded once into a shared frame and offered to
+//! every subscriber's bounded queue with `try_send`. A full queue never blocks
+//! delivery to the others: that connection is marked a slow consumer and its
+//! session closes it with 4003 (the client resumes from history). The hub never
+//! drops a message silently.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use herald_protocol::{encode_message_frame, encode_notification_frame, CloseCode};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::engine::{FanoutSink, Publication};
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 64;
+
+/// The prefix of inbox stream keys; never valid in a channel name.
+pub const INBOX_PREFIX: char = '#';
+
+/// The stream key of `user`'s notification inbox.
+pub fn inbox_key(user: &str) -> Arc<str> {
+    format!("{INBOX_PREFIX}{user}").into()
+}
+
+/// One publication, encoded once and shared by every subscriber.
+#[derive(Debug)]
+pub struct EncodedPub {
+    /// The stream key.
+    pub stream: Arc<str>,
+    /// The message's offset, for de-duplication during recovery.
+    pub offset: u64,
+    /// The `message` or `notification` frame.
+    pub frame: Utf8Bytes,
+    /// When the hub received it, for the publish-to-send histogram.
+    pub dispatched_at: Instant,
+}
+
+/// The hub's side of one connection: its queue and its kill switch.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique on this node.
+    pub id: u64,
+    tx: mpsc::Sender<Arc<EncodedPub>>,
+    kicked: AtomicU8,
+    kick: Notify,
+}
+
+impl Conn {
+    /// A connection whose session reads from the other end of `tx`.
+    pub fn new(id: u64, tx: mpsc::Sender<Arc<EncodedPub>>) -> Self {
+        Self {
+            id,
+            tx,
+            kicked: AtomicU8::new(0),
+            kick: Notify::new(),
+        }
+    }
+
+    /// Asks the session to close with `code` (the first reason wins).
+    pub fn kick(&self, code: CloseCode) {
+        let code = code.as_u16();
+        let first = self.kicked.compare_exchange(
+            0,
+            (code - 4000) as u8 + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if first.is_ok() {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Resolves when the connection has been kicked, with the close code.
+    pub async fn kicked(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.kick_code() {
+                return code;
+            }
+            self.kick.notified().await;
+        }
+    }
+
+    fn kick_code(&self) -> Option<CloseCode> {
+        match self.kicked.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(match n as u16 - 1 + 4000 {
+                4003 => CloseCode::SlowConsumer,
+                4004 => CloseCode::Abuse,
+                4006 => CloseCode::ConnectionLimit,
+                _ => CloseCode::Shutdown,
+            }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    streams: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    waiters: HashMap<Arc<str>, Vec<oneshot::Sender<()>>>,
+}
+
+/// Local subscribers by stream, sharded by stream key.
+pub struct Hub {
+    shards: Vec<RwLock<Shard>>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+    channels: AtomicUsize,
+    users: AtomicUsize,
+    subscriptions: AtomicUsize,
+    waiting: AtomicUsize,
+    delivered: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            metrics,
+            channels: AtomicUsize::new(0),
+            users: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, stream: &str) -> &RwLock<Shard> {
+        &self.shards[self.hasher.hash_one(stream) as usize % SHARDS]
+    }
+
+    fn stream_counter(&self, stream: &str) -> &AtomicUsize {
+        if stream.starts_with(INBOX_PREFIX) {
+            &self.users
+        } else {
+            &self.channels
+        }
+    }
+
+    /// Adds `conn` to `stream`'s subscribers. From now on it receives every
+    /// publication the engine hands over for that stream.
+    pub fn subscribe(&self, stream: &Arc<str>, conn: &Arc<Conn>) {
+        let mut shard = self.shard(stream).write();
+        let subs = shard.streams.entry(stream.clone()).or_default();
+        if subs.is_empty() {
+            self.stream_counter(stream).fetch_add(1, Ordering::Relaxed);
+        }
+        subs.push(conn.clone());
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes connection `conn_id` from `stream`.
+    pub fn unsubscribe(&self, stream: &str, conn_id: u64) {
+        let mut shard = self.shard(stream).write();
+        if let Some(subs) = shard.streams.get_mut(stream) {
+            if let Some(i) = subs.iter().position(|c| c.id == conn_id) {
+                subs.swap_remove(i);
+                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+            if subs.is_empty() {
+                shard.streams.remove(stream);
+                self.stream_counter(stream).fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A receiver that fires at the next publication to `stream` (long polls).
+    /// Register before reading history, so nothing published in between is
+    /// missed: a publication whose delivery saw no waiter was committed before
+    /// the registration, so the history read that follows includes it.
+    pub fn wait(&self, stream: &Arc<str>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shard(stream)
+            .write()
+            .waiters
+            .entry(stream.clone())
+            .or_default()
+            .push(tx);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        rx
+    }
+
+    /// Drops long-poll waiters that gave up, so a quiet stream can't pile them up.
+    pub fn prune_waiters(&self, stream: &str) {
+        let mut shard = self.shard(stream).write();
+        if let Some(list) = shard.waiters.get_mut(stream) {
+            let before = list.len();
+            list.retain(|w| !w.is_closed());
+            self.waiting
+                .fetch_sub(before - list.len(), Ordering::AcqRel);
+            if list.is_empty() {
+                shard.waiters.remove(stream);
+            }
+        }
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Users with at least one local connection listening to their inbox.
+    pub fn user_count(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
+    }
+
+    /// Channel subscriptions and inbox listeners.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Frames handed to connection queues so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn deliver_one(&self, p: &Publication) {
+        let shard_lock = self.shard(&p.stream);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            let woken = shard_lock.write().waiters.remove(&p.stream);
+            if let Some(woken) = woken {
+                self.waiting.fetch_sub(woken.len(), Ordering::AcqRel);
+                for w in woken {
+                    let _ = w.send(());
+                }
+            }
+        }
+        let shard = shard_lock.read();
+        let Some(subs) = shard.streams.get(&p.stream) else {
+            return;
+        };
+        let frame = match p.stream.strip_prefix(INBOX_PREFIX) {
+            Some(_) => encode_notification_frame(&p.epoch, p.offset, p.ts, &p.data),
+            None => encode_message_frame(&p.stream, &p.epoch, p.offset, p.ts, &p.data),
+        };
+        let encoded = Arc::new(EncodedPub {
+            stream: p.stream.clone(),
+            offset: p.offset,
+            frame: frame.into(),
+            dispatched_at: Instant::now(),
+        });
+        let mut sent = 0u64;
+        for conn in subs {
+            match conn.tx.try_send(encoded.clone()) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if conn.kick_code().is_none() {
+                        self.metrics.slow_consumer_disconnects.inc();
+                    }
+                    self.metrics.messages_dropped.inc();
+                    conn.kick(CloseCode::SlowConsumer);
+                }
+                // The session is ending and will unsubscribe.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.delivered.fetch_add(sent, Ordering::Relaxed);
+        self.metrics.messages_delivered.inc_by(sent);
+    }
+}
+
+impl FanoutSink for Hub {
+    fn deliver(&self, publications: &[Publication]) {
+        for p in publications {
+            self.deliver_one(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(stream: &str, offset: u64) -> Publication {
+        Publication {
+            stream: stream.into(),
+            epoch: "E".into(),
+            offset,
+            ts: 1,
+            data: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_encoding_is_shared_by_every_subscriber() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let (a, b) = (Arc::new(Conn::new(1, tx1)), Arc::new(Conn::new(2, tx2)));
+        let stream: Arc<str> = "venue:1".into();
+        hub.subscribe(&stream, &a);
+        hub.subscribe(&stream, &b);
+        hub.deliver(&[publication("venue:1", 1), publication("other", 1)]);
+        let (m1, m2) = (rx1.recv().await.unwrap(), rx2.recv().await.unwrap());
+        assert!(
+            Arc::ptr_eq(&m1, &m2),
+            "both subscribers got the same encoded frame"
+        );
+        assert!(
+            rx1.try_recv().is_err(),
+            "nothing from a stream it did not subscribe to"
+        );
+        assert_eq!((hub.channel_count(), hub.subscription_count()), (1, 2));
+        hub.unsubscribe("venue:1", 1);
+        hub.unsubscribe("venue:1", 2);
+        assert_eq!((hub.channel_count(), hub.subscription_count()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_that_connection_only() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel(16);
+        let (slow, fast) = (
+            Arc::new(Conn::new(1, slow_tx)),
+            Arc::new(Conn::new(2, fast_tx)),
+        );
+        let stream: Arc<str> = "c".into();
+        hub.subscribe(&stream, &slow);
+        hub.subscribe(&stream, &fast);
+        for i in 1..=3 {
+            hub.deliver(&[publication("c", i)]);
+        }
+        assert_eq!(slow.kicked().await, CloseCode::SlowConsumer);
+        assert!(fast.kick_code().is_none());
+        for i in 1..=3 {
+            assert_eq!(fast_rx.recv().await.unwrap().offset, i);
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_on_publish() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let stream: Arc<str> = "c".into();
+        let w = hub.wait(&stream);
+        hub.deliver(&[publication("c", 1)]);
+        w.await.unwrap();
+    }
+}

@@ -1,0 +1,26 @@
+//! Herald's server as a library.
+//!
+//! - [`node`]: the [`Node`] — publish, notify, recover, poll, stats.
+//! - [`hub`]: local subscribers and fan-out; [`session`]: one connection.
+//! - [`engine`]: history stores (`embedded` SQLite, `memory`).
+//! - [`http`]: the axum router; [`transport`]: the WebSocket seam.
+//! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain.
+//!
+//! An application can embed Herald: build a [`Config`], [`Server::bind`] it,
+//! and call [`Node::broadcast`] / [`Node::notify`] on [`Server::node`].
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod metrics;
+pub mod node;
+pub mod server;
+mod session;
+pub mod transport;
+
+pub use config::Config;
+pub use node::{Node, NodeError, Stats};
+pub use server::{ServeError, Server};

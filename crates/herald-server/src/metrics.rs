@@ -1,0 +1,108 @@
+//! Every metric Herald exports, named in one place, rendered in the Prometheus
+//! text format at `GET /metrics`. Per node (not a process-global recorder), so
+//! several nodes can live in one process, as they do in tests.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket sessions (set at scrape time).
+    pub connections: Gauge,
+    /// Subscriptions (set at scrape time).
+    pub subscriptions: Gauge,
+    /// Messages and notifications accepted for publishing.
+    pub messages_published: Counter,
+    /// Frames handed to connection queues.
+    pub messages_delivered: Counter,
+    /// Frames not queued because a connection's queue was full.
+    pub messages_dropped: Counter,
+    /// Connections closed with 4003.
+    pub slow_consumer_disconnects: Counter,
+    /// Commands refused with 1005.
+    pub rate_limited: Counter,
+    /// Engine failures (publishes or reads that got 503 / 1011).
+    pub engine_errors: Counter,
+    /// Time from the hub receiving a publication to its frame being written.
+    pub publish_to_send_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `herald_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Self {
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            messages_published: Counter::default(),
+            messages_delivered: Counter::default(),
+            messages_dropped: Counter::default(),
+            slow_consumer_disconnects: Counter::default(),
+            rate_limited: Counter::default(),
+            engine_errors: Counter::default(),
+            // 100 µs to ~13 s.
+            publish_to_send_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Channel subscriptions and inbox listeners",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Messages and notifications published",
+            m.messages_published.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Frames queued to connections",
+            m.messages_delivered.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Frames not queued because a connection's queue was full",
+            m.messages_dropped.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections closed as slow consumers (4003)",
+            m.slow_consumer_disconnects.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Commands refused as rate limited (1005)",
+            m.rate_limited.clone(),
+        );
+        registry.register("engine_errors", "Engine failures", m.engine_errors.clone());
+        registry.register(
+            "publish_to_send_seconds",
+            "Time from fan-out to the frame being written",
+            m.publish_to_send_seconds.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

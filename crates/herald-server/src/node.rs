@@ -1,0 +1,658 @@
+//! The node: owns the hub, the engine, auth and limits, and is the one place
+//! where publishing, notifying, recovery and polling are decided. Sessions and
+//! HTTP handlers call it; applications that embed Herald call it directly
+//! ([`Node::broadcast`], [`Node::notify`], [`Node::stats`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald_protocol::{
+    namespace_of, validate_channel, validate_user_id, CommandError, Cursor, ErrorCode,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, Identity};
+use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
+use crate::engine::{
+    EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication, PublishRequest,
+    Retention, StoredMessage,
+};
+use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
+use crate::ids::random_token;
+use crate::metrics::Metrics;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The request was refused (bad input, permission, limits).
+    #[error("{}", .0.message)]
+    Rejected(#[from] CommandError),
+    /// The engine could not serve it; nothing was published.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl NodeError {
+    /// The protocol code (1011 for engine failures).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Rejected(e) => e.code,
+            Self::Engine(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Options in force for one namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct NamespacePolicy {
+    /// Who may subscribe.
+    pub subscribe: SubscribeRule,
+    /// How much history is kept.
+    pub retention: Retention,
+    /// Whether clients may publish.
+    pub client_publish: bool,
+}
+
+/// What one `publish` or `notify` asks for, before validation.
+#[derive(Debug, Clone)]
+pub enum PublishItem {
+    /// Append to a channel.
+    Broadcast {
+        /// The channel name.
+        channel: String,
+        /// Valid JSON.
+        data: String,
+    },
+    /// Append to a user's inbox.
+    Notify {
+        /// The user id.
+        user: String,
+        /// Valid JSON.
+        data: String,
+    },
+}
+
+/// The outcome of resuming a stream from a cursor.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// Where the client stands once `messages` are delivered.
+    pub offset: u64,
+    /// Whether exactly the missed messages could be delivered.
+    pub recovered: bool,
+    /// The missed messages (or, when not recovered, the kept ones newer than the cursor).
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Where a poll starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollSince {
+    /// From the oldest kept message.
+    Oldest,
+    /// After a cursor.
+    Cursor(Cursor),
+    /// After a time (Unix ms).
+    Time(u64),
+}
+
+/// One page of a poll.
+#[derive(Debug)]
+pub struct PollPage {
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// Messages in offset order.
+    pub messages: Vec<StoredMessage>,
+    /// Where to resume.
+    pub cursor: Cursor,
+    /// Whether the page starts exactly where `since` pointed.
+    pub recovered: bool,
+    /// Whether more messages follow the page.
+    pub more: bool,
+}
+
+/// Server status, as `GET /api/websocket` reports it (the seed's `getStats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// This node's id.
+    pub node: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Open WebSocket sessions.
+    pub connections: usize,
+    /// Users with a live connection on this node.
+    pub users: usize,
+    /// Channels with a subscriber on this node.
+    pub channels: usize,
+    /// Channel subscriptions on this node.
+    pub subscriptions: usize,
+    /// Messages and notifications published through this node.
+    pub messages_in: u64,
+    /// Frames queued to connections on this node.
+    pub messages_out: u64,
+    /// The engine's name.
+    pub engine: &'static str,
+    /// Connections this process can hold (its open-file limit, less a reserve).
+    pub connection_ceiling: u64,
+}
+
+/// A live session's slot; frees itself when dropped.
+#[derive(Debug)]
+pub struct SessionSlot {
+    node: Arc<Node>,
+    user: Option<String>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.node.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(user) = &self.user {
+            let mut per_user = self.node.per_user.lock();
+            if let Some(n) = per_user.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    per_user.remove(user);
+                }
+            }
+        }
+    }
+}
+
+/// A Herald node.
+pub struct Node {
+    pub(crate) config: Arc<Config>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) engine: Arc<dyn Engine>,
+    embedded: Option<Arc<EmbeddedEngine>>,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) long_polls: Arc<Semaphore>,
+    namespaces: HashMap<String, NamespacePolicy>,
+    default_namespace: NamespacePolicy,
+    id: String,
+    started: Instant,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    next_conn: AtomicU64,
+    connections: AtomicUsize,
+    per_user: Mutex<HashMap<String, usize>>,
+    messages_in: AtomicU64,
+    connection_ceiling: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Key material for tokens is unusable.
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyError),
+    /// The engine could not open.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl Node {
+    /// Builds a node from a validated configuration and opens its engine.
+    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let (engine, embedded): (Arc<dyn Engine>, _) = match config.engine.kind {
+            EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone())), None),
+            // Redis is refused by config validation until it exists.
+            EngineKind::Embedded | EngineKind::Redis => {
+                let e = Arc::new(EmbeddedEngine::open(
+                    &config.engine.path,
+                    config.engine.sync,
+                    hub.clone(),
+                )?);
+                (e.clone() as Arc<dyn Engine>, Some(e))
+            }
+        };
+        let auth = Auth::new(&config.auth)?;
+        let default_retention = Retention {
+            size: config.history.size,
+            ttl: config.history.ttl,
+        };
+        let default_namespace = NamespacePolicy {
+            subscribe: SubscribeRule::Authenticated,
+            retention: default_retention,
+            client_publish: false,
+        };
+        let mut namespaces = HashMap::new();
+        for ns in builtin_namespaces()
+            .into_iter()
+            .chain(config.namespaces.iter().cloned())
+        {
+            namespaces.insert(
+                ns.name.clone(),
+                NamespacePolicy {
+                    subscribe: ns.subscribe,
+                    retention: Retention {
+                        size: ns.history_size.unwrap_or(default_retention.size),
+                        ttl: ns.history_ttl.unwrap_or(default_retention.ttl),
+                    },
+                    client_publish: ns.client_publish,
+                },
+            );
+        }
+        let long_polls = Arc::new(Semaphore::new(config.limits.max_long_poll_waiters));
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            hub,
+            engine,
+            embedded,
+            auth,
+            metrics,
+            long_polls,
+            namespaces,
+            default_namespace,
+            id: random_token(12),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
+            messages_in: AtomicU64::new(0),
+            connection_ceiling: AtomicU64::new(0),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cancelled when the node starts shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Tracks sessions and other tasks that must finish before exit.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Begins shutdown: sessions send `disconnect` 4000 and close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub(crate) fn set_connection_ceiling(&self, ceiling: u64) {
+        self.connection_ceiling.store(ceiling, Ordering::Relaxed);
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The options of `channel`'s namespace.
+    pub fn namespace(&self, channel: &str) -> &NamespacePolicy {
+        self.namespaces
+            .get(namespace_of(channel))
+            .unwrap_or(&self.default_namespace)
+    }
+
+    /// Retention of a stream key (channel or inbox).
+    pub fn retention(&self, stream: &str) -> Retention {
+        if stream.starts_with(INBOX_PREFIX) {
+            Retention {
+                size: self.config.notifications.size,
+                ttl: self.config.notifications.ttl,
+            }
+        } else {
+            self.namespace(stream).retention
+        }
+    }
+
+    /// Whether `who` may subscribe to (and poll) `channel`.
+    pub fn check_subscribe(&self, who: &Identity, channel: &str) -> Result<(), CommandError> {
+        if self.config.dev {
+            return Ok(());
+        }
+        let allowed = match self.namespace(channel).subscribe {
+            SubscribeRule::Public => true,
+            SubscribeRule::Authenticated => who.user.is_some(),
+            SubscribeRule::Claim => {
+                who.user.is_some() && (who.admin || who.claims_channel(channel))
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(CommandError::new(
+                ErrorCode::PermissionDenied,
+                format!("permission denied for channel {channel}"),
+            ))
+        }
+    }
+
+    /// Whether `who` may publish to `channel` from a client connection.
+    pub fn check_client_publish(&self, who: &Identity, channel: &str) -> Result<(), CommandError> {
+        if !self.config.dev && !self.namespace(channel).client_publish {
+            return Err(CommandError::new(
+                ErrorCode::PermissionDenied,
+                format!("clients may not publish to channel {channel}"),
+            ));
+        }
+        self.check_subscribe(who, channel)
+    }
+
+    /// Takes a connection slot for `user`, or says which limit refused it.
+    pub fn open_session(self: &Arc<Self>, user: Option<&str>) -> Result<SessionSlot, CommandError> {
+        let limits = &self.config.limits;
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(CommandError::new(
+                ErrorCode::LimitExceeded,
+                "too many connections on this server",
+            ));
+        }
+        if let Some(user) = user {
+            let mut per_user = self.per_user.lock();
+            let n = per_user.entry(user.to_owned()).or_insert(0);
+            if *n >= limits.max_connections_per_user {
+                drop(per_user);
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err(CommandError::new(
+                    ErrorCode::LimitExceeded,
+                    "too many connections for this user",
+                ));
+            }
+            *n += 1;
+        }
+        Ok(SessionSlot {
+            node: self.clone(),
+            user: user.map(str::to_owned),
+        })
+    }
+
+    /// Publishes `data` to `channel` (the seed's `broadcastToChannel`).
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+    ) -> Result<Publication, NodeError> {
+        let data = serde_json::to_string(data)
+            .map_err(|e| CommandError::bad_request(format!("data is not JSON: {e}")))?;
+        self.publish_one(PublishItem::Broadcast {
+            channel: channel.to_owned(),
+            data,
+        })
+        .await
+    }
+
+    /// Appends `data` to `user`'s inbox and delivers it to every connection of
+    /// that user (the seed's `sendNotification`).
+    pub async fn notify<T: Serialize + ?Sized>(
+        &self,
+        user: &str,
+        data: &T,
+    ) -> Result<Publication, NodeError> {
+        let data = serde_json::to_string(data)
+            .map_err(|e| CommandError::bad_request(format!("data is not JSON: {e}")))?;
+        self.publish_one(PublishItem::Notify {
+            user: user.to_owned(),
+            data,
+        })
+        .await
+    }
+
+    /// Publishes one item whose data is already JSON text.
+    pub async fn publish_one(&self, item: PublishItem) -> Result<Publication, NodeError> {
+        let request = self.validate(item)?;
+        let mut pubs = self.commit(vec![request]).await?;
+        pubs.pop()
+            .ok_or_else(|| EngineError("engine returned nothing".into()).into())
+    }
+
+    /// Publishes many items in one engine call; invalid items get their own
+    /// error and do not stop the others. Fails whole only if the engine fails.
+    pub async fn publish_many(
+        &self,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<Result<Publication, CommandError>>, EngineError> {
+        let mut results: Vec<Option<Result<Publication, CommandError>>> =
+            Vec::with_capacity(items.len());
+        let mut requests = Vec::new();
+        for item in items {
+            match self.validate(item) {
+                Ok(r) => {
+                    requests.push(r);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let mut pubs = self.commit(requests).await?.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Some(r) => r,
+                None => pubs.next().ok_or_else(|| {
+                    CommandError::new(ErrorCode::Internal, "engine returned too few")
+                }),
+            })
+            .collect())
+    }
+
+    fn validate(&self, item: PublishItem) -> Result<PublishRequest, CommandError> {
+        let (stream, data) = match item {
+            PublishItem::Broadcast { channel, data } => {
+                validate_channel(&channel)?;
+                (Arc::<str>::from(channel), data)
+            }
+            PublishItem::Notify { user, data } => {
+                validate_user_id(&user)?;
+                (inbox_key(&user), data)
+            }
+        };
+        if data.len() > self.config.limits.max_message_bytes {
+            return Err(CommandError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "data is {} bytes; the limit is {}",
+                    data.len(),
+                    self.config.limits.max_message_bytes
+                ),
+            ));
+        }
+        let retention = self.retention(&stream);
+        Ok(PublishRequest {
+            stream,
+            data: data.into(),
+            retention,
+        })
+    }
+
+    async fn commit(&self, requests: Vec<PublishRequest>) -> Result<Vec<Publication>, EngineError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = requests.len() as u64;
+        match self.engine.publish(requests).await {
+            Ok(pubs) => {
+                self.messages_in.fetch_add(n, Ordering::Relaxed);
+                self.metrics.messages_published.inc_by(n);
+                Ok(pubs)
+            }
+            Err(e) => {
+                self.metrics.engine_errors.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the history a resuming subscriber missed. Call after subscribing
+    /// the connection in the hub, so that nothing falls between the two.
+    pub async fn recover(
+        &self,
+        stream: &str,
+        since: Option<&Cursor>,
+    ) -> Result<Recovery, EngineError> {
+        let size = self.retention(stream).size;
+        let Some(since) = since else {
+            let page = self
+                .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0)
+                .await?;
+            return Ok(Recovery {
+                epoch: page.epoch,
+                offset: page.top,
+                recovered: true,
+                messages: Vec::new(),
+            });
+        };
+        let mut page = self
+            .history(stream, HistoryFrom::AfterOffset(since.offset), size)
+            .await?;
+        let same_epoch = *page.epoch == *since.epoch;
+        if same_epoch && since.offset > page.top {
+            // A cursor from the future: nothing to replay, and the client must refetch.
+            return Ok(Recovery {
+                epoch: page.epoch,
+                offset: page.top,
+                recovered: false,
+                messages: Vec::new(),
+            });
+        }
+        if !same_epoch {
+            page = self.history(stream, HistoryFrom::Oldest, size).await?;
+        }
+        let recovered = same_epoch && since.offset + 1 >= page.first_kept;
+        let offset = page.messages.last().map_or(page.top, |m| m.offset);
+        Ok(Recovery {
+            epoch: page.epoch,
+            offset,
+            recovered,
+            messages: page.messages,
+        })
+    }
+
+    /// One page of a stream for polling; the same history the live path uses.
+    pub async fn poll(
+        &self,
+        stream: &str,
+        since: &PollSince,
+        limit: usize,
+    ) -> Result<PollPage, EngineError> {
+        let (page, recovered) = match since {
+            PollSince::Oldest => (
+                self.history(stream, HistoryFrom::Oldest, limit + 1).await?,
+                true,
+            ),
+            PollSince::Time(t) => {
+                let page = self
+                    .history(stream, HistoryFrom::AfterTime(*t), limit + 1)
+                    .await?;
+                // Trimmed messages are older than the first kept one: if that one
+                // is no newer than `since`, nothing after `since` was lost.
+                // When nothing is kept we cannot tell, and say so.
+                let recovered =
+                    page.first_kept <= 1 || page.first_kept_ts.is_some_and(|ts| ts <= *t);
+                (page, recovered)
+            }
+            PollSince::Cursor(c) => {
+                let page = self
+                    .history(stream, HistoryFrom::AfterOffset(c.offset), limit + 1)
+                    .await?;
+                if *page.epoch != *c.epoch {
+                    (
+                        self.history(stream, HistoryFrom::Oldest, limit + 1).await?,
+                        false,
+                    )
+                } else if c.offset > page.top {
+                    let mut page = page;
+                    page.messages.clear();
+                    (page, false)
+                } else {
+                    let recovered = c.offset + 1 >= page.first_kept;
+                    (page, recovered)
+                }
+            }
+        };
+        let mut messages = page.messages;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        let offset = messages.last().map_or(page.top, |m| m.offset);
+        Ok(PollPage {
+            cursor: Cursor::new(page.epoch.to_string(), offset),
+            epoch: page.epoch,
+            messages,
+            recovered,
+            more,
+        })
+    }
+
+    async fn history(
+        &self,
+        stream: &str,
+        from: HistoryFrom,
+        limit: usize,
+    ) -> Result<crate::engine::HistoryPage, EngineError> {
+        self.engine
+            .history(stream, from, limit)
+            .await
+            .inspect_err(|_| {
+                self.metrics.engine_errors.inc();
+            })
+    }
+
+    /// Current status (the seed's `getStats`).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            node: self.id.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            connections: self.connections.load(Ordering::Relaxed),
+            users: self.hub.user_count(),
+            channels: self.hub.channel_count(),
+            subscriptions: self.hub.subscription_count(),
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.hub.delivered(),
+            engine: self.engine.name(),
+            connection_ceiling: self.connection_ceiling.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the engine can take publishes.
+    pub async fn ready(&self) -> bool {
+        self.engine.ready().await
+    }
+
+    /// Renders `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .connections
+            .set(self.connections.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .subscriptions
+            .set(self.hub.subscription_count() as i64);
+        self.metrics.render()
+    }
+
+    /// Deletes expired history (embedded engine); called periodically.
+    pub async fn sweep(&self) {
+        if let Some(embedded) = self.embedded.as_ref() {
+            embedded.sweep().await;
+        }
+    }
+
+    /// Flushes and closes the engine; call after sessions have drained.
+    pub async fn close_engine(&self) {
+        self.engine.close().await;
+    }
+}

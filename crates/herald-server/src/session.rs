@@ -1,0 +1,570 @@
+//! One WebSocket connection's state machine (SPEC §3): connect, subscribe with
+//! exact recovery, publish, refresh, heartbeats, limits, and the goodbye.
+//!
+//! Each session is one task that owns its socket, so no lock guards its state.
+//! Live publications arrive through the connection's bounded queue, already
+//! encoded; the session forwards each once, in offset order, skipping offsets
+//! it already sent while recovering (recovery subscribes first, then reads
+//! history, so a message published meanwhile may arrive by both roads).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use herald_protocol::{
+    encode_message_frame, encode_notification_frame, parse_command, CloseCode, Command,
+    CommandError, Cursor, ErrorCode, NotificationsState, ServerFrame,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant as TokioInstant};
+
+use crate::auth::{unix_now, Identity};
+use crate::hub::{inbox_key, Conn, EncodedPub};
+use crate::node::{Node, NodeError, PublishItem, SessionSlot};
+use crate::transport::ws::{Inbound, Socket};
+
+/// How long a client has to `refresh` after being told its token expired.
+const REFRESH_GRACE: Duration = Duration::from_secs(30);
+/// Most queued frames written in one go.
+const MAX_BATCH: usize = 64;
+/// Strikes (rate-limited or malformed commands) are forgotten after this long without one.
+const STRIKE_MEMORY: Duration = Duration::from_secs(10);
+
+/// Why the loop stopped.
+enum Stop {
+    /// Close with this code, after a `disconnect` frame.
+    Close(CloseCode),
+    /// The peer closed or vanished; nothing more to send.
+    Gone,
+}
+
+type Step = Result<(), Stop>;
+
+/// Runs a session on an upgraded socket until it closes.
+pub(crate) async fn run(node: Arc<Node>, socket: Socket) {
+    let (tx, queue) = mpsc::channel(node.config().limits.outbound_queue);
+    let conn = Arc::new(Conn::new(node.next_conn_id(), tx));
+    let limits = &node.config().limits;
+    let mut session = Session {
+        bucket: TokenBucket::new(limits.commands_per_second, limits.burst),
+        node: node.clone(),
+        conn,
+        socket,
+        queue,
+        identity: None,
+        slot: None,
+        streams: HashMap::new(),
+        inbox: None,
+        last_seen: Instant::now(),
+        expiry: Expiry::None,
+        strikes: 0,
+        last_strike: Instant::now(),
+    };
+    let stop = session.run_loop().await;
+    session.leave_all();
+    let Session { socket, .. } = session;
+    if let Stop::Close(code) = stop {
+        let goodbye = ServerFrame::Disconnect {
+            code: code.as_u16(),
+            reason: code.reason(),
+            reconnect: code.reconnect(),
+        };
+        socket.close(Some(goodbye.to_json().into()), code).await;
+    }
+}
+
+enum Expiry {
+    None,
+    /// Send error 1009 at this instant.
+    WarnAt(Instant),
+    /// Close with 4005 at this instant unless refreshed.
+    CloseAt(Instant),
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    socket: Socket,
+    queue: mpsc::Receiver<Arc<EncodedPub>>,
+    identity: Option<Identity>,
+    slot: Option<SessionSlot>,
+    /// Every stream this connection listens to (channels and its inbox), with
+    /// the last offset sent on it.
+    streams: HashMap<Arc<str>, u64>,
+    inbox: Option<Arc<str>>,
+    last_seen: Instant,
+    expiry: Expiry,
+    bucket: TokenBucket,
+    strikes: u32,
+    last_strike: Instant,
+}
+
+impl Session {
+    async fn run_loop(&mut self) -> Stop {
+        let hb = &self.node.config().heartbeat;
+        let silence_limit = hb.ping_interval + hb.pong_timeout;
+        let mut ping =
+            tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let connect_deadline = TokioInstant::now() + self.node.config().limits.connect_timeout;
+        loop {
+            let silence_deadline = TokioInstant::from_std(self.last_seen + silence_limit);
+            let expiry_at = match self.expiry {
+                Expiry::None => None,
+                Expiry::WarnAt(t) | Expiry::CloseAt(t) => Some(TokioInstant::from_std(t)),
+            };
+            let step = tokio::select! {
+                biased;
+                _ = self.node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
+                code = self.conn.kicked() => Err(Stop::Close(code)),
+                _ = sleep_until(connect_deadline), if self.identity.is_none() => Err(Stop::Close(CloseCode::Unauthorized)),
+                _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+                _ = sleep_until(expiry_at.unwrap_or(connect_deadline)), if expiry_at.is_some() => self.on_expiry().await,
+                _ = ping.tick(), if self.identity.is_some() => self.send(ServerFrame::Ping {}).await,
+                Some(first) = self.queue.recv() => self.forward(first).await,
+                inbound = self.socket.recv() => self.on_inbound(inbound).await,
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for stream in self.streams.keys() {
+            self.node.hub.unsubscribe(stream, self.conn.id);
+        }
+        self.streams.clear();
+        self.slot = None;
+    }
+
+    /// Writes frames, giving up if the connection is kicked, the server shuts
+    /// down or the client goes silent while the write is stuck.
+    async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Step {
+        let hb = &self.node.config().heartbeat;
+        let silence_deadline =
+            TokioInstant::from_std(self.last_seen + hb.ping_interval + hb.pong_timeout);
+        let Session {
+            socket, conn, node, ..
+        } = self;
+        tokio::select! {
+            r = socket.send(frames) => r.map_err(|_| Stop::Gone),
+            code = conn.kicked() => Err(Stop::Close(code)),
+            _ = node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
+            _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+        }
+    }
+
+    async fn send(&mut self, frame: ServerFrame<'_>) -> Step {
+        let text = frame.to_json();
+        self.write(vec![Utf8Bytes::from(text)]).await
+    }
+
+    async fn send_error(&mut self, id: Option<u64>, e: &CommandError) -> Step {
+        self.send(ServerFrame::Error {
+            id,
+            code: e.code.as_u16(),
+            message: &e.message,
+        })
+        .await
+    }
+
+    /// Sends an error, then closes with `code` (SPEC §3 for connect failures).
+    async fn refuse(&mut self, id: Option<u64>, e: &CommandError, code: CloseCode) -> Step {
+        self.send_error(id, e).await?;
+        Err(Stop::Close(code))
+    }
+
+    /// Forwards queued publications, skipping any this session already sent.
+    async fn forward(&mut self, first: Arc<EncodedPub>) -> Step {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let oldest = batch[0].dispatched_at;
+        let mut frames = Vec::with_capacity(batch.len());
+        for p in &batch {
+            if let Some(last) = self.streams.get_mut(&*p.stream) {
+                if p.offset > *last {
+                    *last = p.offset;
+                    frames.push(p.frame.clone());
+                }
+            }
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.write(frames).await?;
+        self.node
+            .metrics
+            .publish_to_send_seconds
+            .observe(oldest.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn on_expiry(&mut self) -> Step {
+        match self.expiry {
+            Expiry::WarnAt(_) => {
+                self.expiry = Expiry::CloseAt(Instant::now() + REFRESH_GRACE);
+                let e = CommandError::new(
+                    ErrorCode::TokenExpired,
+                    "token expired; send refresh with a new token",
+                );
+                self.send_error(None, &e).await
+            }
+            Expiry::CloseAt(_) => Err(Stop::Close(CloseCode::TokenExpired)),
+            Expiry::None => Ok(()),
+        }
+    }
+
+    fn schedule_expiry(&mut self, expires_at: Option<u64>) {
+        self.expiry = match expires_at {
+            Some(exp) => {
+                Expiry::WarnAt(Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())))
+            }
+            None => Expiry::None,
+        };
+    }
+
+    /// Counts a rate-limited or malformed command; too many close the connection.
+    fn strike(&mut self) -> Step {
+        if self.last_strike.elapsed() > STRIKE_MEMORY {
+            self.strikes = 0;
+        }
+        self.strikes += 1;
+        self.last_strike = Instant::now();
+        if self.strikes >= self.node.config().limits.abuse_threshold {
+            return Err(Stop::Close(CloseCode::Abuse));
+        }
+        Ok(())
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Step {
+        self.last_seen = Instant::now();
+        match inbound {
+            Inbound::Text(text) => self.on_text(&text).await,
+            Inbound::Binary => {
+                self.strike()?;
+                self.send_error(
+                    None,
+                    &CommandError::bad_request("binary frames are not supported; send JSON text"),
+                )
+                .await
+            }
+            Inbound::Control => Ok(()),
+            Inbound::Closed => Err(Stop::Gone),
+            Inbound::TooLarge => Err(Stop::Close(CloseCode::FrameTooLarge)),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Step {
+        let envelope = match parse_command(text) {
+            Ok(e) => e,
+            Err((id, e)) => {
+                self.strike()?;
+                return self.send_error(id, &e).await;
+            }
+        };
+        let id = envelope.id;
+        if !self.bucket.take() {
+            self.node.metrics.rate_limited.inc();
+            self.strike()?;
+            return self
+                .send_error(
+                    id,
+                    &CommandError::new(ErrorCode::RateLimited, "rate limited: slow down"),
+                )
+                .await;
+        }
+        match envelope.command {
+            Command::Connect {
+                token,
+                user,
+                notifications_since,
+            } => self.on_connect(id, token, user, notifications_since).await,
+            Command::Pong => Ok(()),
+            Command::Ping => self.send(ServerFrame::Pong { id }).await,
+            _ if self.identity.is_none() => {
+                let e =
+                    CommandError::new(ErrorCode::NotConnected, "not connected: send connect first");
+                self.send_error(id, &e).await
+            }
+            Command::Subscribe { channel, since } => self.on_subscribe(id, channel, since).await,
+            Command::Unsubscribe { channel } => self.on_unsubscribe(id, &channel).await,
+            Command::Publish { channel, data } => self.on_publish(id, channel, data.get()).await,
+            Command::Refresh { token } => self.on_refresh(id, &token).await,
+        }
+    }
+
+    async fn on_connect(
+        &mut self,
+        id: Option<u64>,
+        token: Option<String>,
+        user: Option<String>,
+        notifications_since: Option<Cursor>,
+    ) -> Step {
+        if self.identity.is_some() {
+            return self
+                .send_error(id, &CommandError::bad_request("already connected"))
+                .await;
+        }
+        let node = self.node.clone();
+        let config = node.config();
+        let identity = match (token, user) {
+            (Some(token), _) => match self.node.auth.verify(&token) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    return self
+                        .refuse(
+                            id,
+                            &CommandError::new(e.code(), e.to_string()),
+                            CloseCode::Unauthorized,
+                        )
+                        .await
+                }
+            },
+            (None, Some(user)) if config.dev => Identity::unverified(Some(user)),
+            (None, Some(_)) => {
+                let e = CommandError::new(
+                    ErrorCode::Unauthorized,
+                    "naming a user without a token is allowed in dev mode only",
+                );
+                return self.refuse(id, &e, CloseCode::Unauthorized).await;
+            }
+            (None, None) if config.dev || config.auth.allow_anonymous => Identity::unverified(None),
+            (None, None) => {
+                let e = CommandError::new(ErrorCode::Unauthorized, "a token is required");
+                return self.refuse(id, &e, CloseCode::Unauthorized).await;
+            }
+        };
+        match self.node.open_session(identity.user.as_deref()) {
+            Ok(slot) => self.slot = Some(slot),
+            Err(e) => return self.refuse(id, &e, CloseCode::ConnectionLimit).await,
+        }
+        self.schedule_expiry(identity.expires_at);
+        let user = identity.user.clone();
+        self.identity = Some(identity);
+        let client = format!("{:x}", self.conn.id);
+        let ping_interval = config.heartbeat.ping_interval.as_secs().max(1);
+        let Some(user) = user else {
+            let frame = ServerFrame::Connected {
+                id,
+                client: &client,
+                user: None,
+                ping_interval,
+                notifications: None,
+            };
+            return self.send(frame).await;
+        };
+        let inbox = inbox_key(&user);
+        let recovery = match self.listen(&inbox, notifications_since.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => return self.refuse(id, &e, CloseCode::Shutdown).await,
+        };
+        self.inbox = Some(inbox);
+        let state = NotificationsState {
+            cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
+            recovered: recovery.recovered,
+            missed: recovery.messages.len() as u64,
+        };
+        let connected = ServerFrame::Connected {
+            id,
+            client: &client,
+            user: Some(&user),
+            ping_interval,
+            notifications: Some(state),
+        };
+        let head = Utf8Bytes::from(connected.to_json());
+        let epoch = recovery.epoch.clone();
+        let replay = recovery
+            .messages
+            .iter()
+            .map(|m| encode_notification_frame(&epoch, m.offset, m.ts, &m.data).into());
+        self.write(std::iter::once(head).chain(replay).collect())
+            .await
+    }
+
+    /// Subscribes to `stream` in the hub, then reads what was missed. On
+    /// success the stream's last-sent offset is where the replay ends.
+    async fn listen(
+        &mut self,
+        stream: &Arc<str>,
+        since: Option<&Cursor>,
+    ) -> Result<crate::node::Recovery, CommandError> {
+        self.node.hub.subscribe(stream, &self.conn);
+        match self.node.recover(stream, since).await {
+            Ok(recovery) => {
+                self.streams.insert(stream.clone(), recovery.offset);
+                Ok(recovery)
+            }
+            Err(e) => {
+                self.node.hub.unsubscribe(stream, self.conn.id);
+                tracing::warn!(error = %e, "recovery failed");
+                Err(CommandError::new(
+                    ErrorCode::Internal,
+                    "history is unavailable; try again",
+                ))
+            }
+        }
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: String,
+        since: Option<Cursor>,
+    ) -> Step {
+        let channels = self.streams.len() - usize::from(self.inbox.is_some());
+        let checked = if self.streams.contains_key(channel.as_str()) {
+            Err(CommandError::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            ))
+        } else if channels >= self.node.config().limits.max_subscriptions_per_connection {
+            Err(CommandError::new(
+                ErrorCode::LimitExceeded,
+                "too many subscriptions on this connection",
+            ))
+        } else {
+            self.node.check_subscribe(
+                self.identity.as_ref().unwrap_or(&Identity::default()),
+                &channel,
+            )
+        };
+        if let Err(e) = checked {
+            return self.send_error(id, &e).await;
+        }
+        let stream: Arc<str> = channel.into();
+        let recovery = match self.listen(&stream, since.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => return self.send_error(id, &e).await,
+        };
+        let subscribed = ServerFrame::Subscribed {
+            id,
+            channel: &stream,
+            cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
+            recovered: recovery.recovered,
+            missed: recovery.messages.len() as u64,
+        };
+        let head = Utf8Bytes::from(subscribed.to_json());
+        let epoch = recovery.epoch.clone();
+        let replay = recovery
+            .messages
+            .iter()
+            .map(|m| encode_message_frame(&stream, &epoch, m.offset, m.ts, &m.data).into());
+        self.write(std::iter::once(head).chain(replay).collect())
+            .await
+    }
+
+    async fn on_unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Step {
+        if self.streams.remove(channel).is_none() {
+            let e = CommandError::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {channel}"),
+            );
+            return self.send_error(id, &e).await;
+        }
+        self.node.hub.unsubscribe(channel, self.conn.id);
+        self.send(ServerFrame::Unsubscribed { id, channel }).await
+    }
+
+    async fn on_publish(&mut self, id: Option<u64>, channel: String, data: &str) -> Step {
+        let who = self.identity.clone().unwrap_or_default();
+        if let Err(e) = self.node.check_client_publish(&who, &channel) {
+            return self.send_error(id, &e).await;
+        }
+        let item = PublishItem::Broadcast {
+            channel,
+            data: data.to_owned(),
+        };
+        match self.node.publish_one(item).await {
+            Ok(p) => {
+                self.send(ServerFrame::Published {
+                    id,
+                    channel: &p.stream,
+                    offset: p.offset,
+                })
+                .await
+            }
+            Err(NodeError::Rejected(e)) => self.send_error(id, &e).await,
+            Err(NodeError::Engine(_)) => {
+                let e =
+                    CommandError::new(ErrorCode::Internal, "publishing is unavailable; try again");
+                self.send_error(id, &e).await
+            }
+        }
+    }
+
+    async fn on_refresh(&mut self, id: Option<u64>, token: &str) -> Step {
+        let fresh = match self.node.auth.verify(token) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                return self
+                    .send_error(id, &CommandError::new(e.code(), e.to_string()))
+                    .await
+            }
+        };
+        let current = self.identity.as_ref().and_then(|i| i.user.as_deref());
+        if current != fresh.user.as_deref() {
+            let e = CommandError::new(
+                ErrorCode::PermissionDenied,
+                "refresh token is for another user",
+            );
+            return self.send_error(id, &e).await;
+        }
+        self.schedule_expiry(fresh.expires_at);
+        self.identity = Some(fresh);
+        self.send(ServerFrame::Refreshed { id }).await
+    }
+}
+
+/// Per-connection command budget: `rate` per second, bursts up to `burst`.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10, 3);
+        assert!(b.take() && b.take() && b.take());
+        assert!(!b.take());
+        b.last -= Duration::from_millis(250);
+        assert!(b.take() && b.take());
+        assert!(!b.take());
+    }
+}

@@ -1,0 +1,199 @@
+//! The `herald` command: serve, config, token, publish, notify.
+//!
+//! The only place `anyhow` lives; libraries report typed errors and this maps
+//! them to messages and exit codes.
+
+mod cli;
+mod dev;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use herald_server::auth::{sign_hs256, unix_now, Claims};
+use herald_server::config::{Config, FlagOverrides, Loaded};
+use herald_server::Server;
+
+use cli::{Cli, Command, ConfigArgs};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        eprintln!("herald: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Config(args) => {
+            let loaded = load(&args)?;
+            print!("{}", loaded.config.to_masked_toml());
+            Ok(())
+        }
+        Command::Token(args) => {
+            let loaded = load(&args.config)?;
+            let secret = match (args.secret, loaded.config.auth.hmac_secret.clone()) {
+                (Some(s), _) | (None, Some(s)) => s,
+                (None, None) => dev::read_env(&loaded.config.engine.path)
+                    .and_then(|env| env.get("HERALD_AUTH_HMAC_SECRET").cloned())
+                    .context("no HMAC secret: set auth.hmac_secret, pass --secret, or start `herald serve --dev` first")?,
+            };
+            let ttl = humantime::parse_duration(&args.ttl)
+                .with_context(|| format!("--ttl {:?} is not a duration", args.ttl))?;
+            let now = unix_now();
+            let channels = args.channels.map(|c| {
+                c.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+            let claims = Claims {
+                sub: args.user,
+                exp: Some(now + ttl.as_secs()),
+                iat: Some(now),
+                role: args.role,
+                channels,
+            };
+            println!("{}", sign_hs256(&secret, &claims)?);
+            Ok(())
+        }
+        Command::Publish(args) => {
+            let url = format!(
+                "{}/api/channels/{}/messages",
+                args.api.url.trim_end_matches('/'),
+                args.channel
+            );
+            post(&args.api, &url, &args.json).await
+        }
+        Command::Notify(args) => {
+            let url = format!(
+                "{}/api/users/{}/notifications",
+                args.api.url.trim_end_matches('/'),
+                args.user
+            );
+            post(&args.api, &url, &args.json).await
+        }
+    }
+}
+
+fn env_map() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_") || k == "WEBSOCKET_PORT")
+        .collect()
+}
+
+fn load(args: &ConfigArgs) -> Result<Loaded> {
+    let flags = FlagOverrides {
+        listen: args.listen.clone(),
+        port: args.port,
+        dev: args.dev,
+        engine: args.engine,
+        data_dir: args.data_dir.clone(),
+    };
+    let env = env_map();
+    let mut loaded = Config::load(args.config.as_deref(), &env, &flags)?;
+    // A bare `herald serve` (no file, no secrets anywhere) is dev mode (SPEC §4).
+    if !loaded.from_file && !loaded.config.has_token_key() && loaded.config.auth.api_keys.is_empty()
+    {
+        loaded.config.dev = true;
+        loaded.config.validate()?;
+    }
+    Ok(loaded)
+}
+
+async fn serve(args: ConfigArgs) -> Result<()> {
+    let mut config = load(&args)?.config;
+    if config.dev {
+        dev::prepare(&mut config)?;
+    }
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    let node = server.node().clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: telling clients to reconnect elsewhere");
+        node.begin_shutdown();
+    });
+    // Tests and scripts read this line to learn the port.
+    println!("herald listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    server.run().await.context("server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn post(api: &cli::ApiArgs, url: &str, json: &str) -> Result<()> {
+    let body: serde_json::Value =
+        serde_json::from_str(json).context("the data argument is not valid JSON")?;
+    let key = match &api.api_key {
+        Some(k) => k.clone(),
+        None => dev::read_env(&api.data_dir)
+            .and_then(|env| {
+                env.get("HERALD_AUTH_API_KEYS")
+                    .and_then(|k| k.split(',').next().map(str::to_owned))
+            })
+            .context("no API key: pass --api-key or set HERALD_API_KEY")?,
+    };
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// Default data directory for commands that read `dev.env`.
+pub(crate) fn default_data_dir() -> PathBuf {
+    Path::new("herald-data").to_owned()
+}
