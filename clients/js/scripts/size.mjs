@@ -1,14 +1,21 @@
-// Reports the SDK's size as an app would ship it: each entry point bundled,
-// minified and gzipped, with react / react-native left external.
+// Reports the SDK's size as an app would ship it: each entry point (and the
+// core classes alone) bundled, minified and gzipped, with react and
+// react-native left external.
 import { build } from 'esbuild'
 import { gzipSync } from 'node:zlib'
 import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
-const entries = { 'herald-client': 'src/index.ts', 'herald-client/react': 'src/react.ts', 'herald-client/react-native': 'src/react-native.tsx' }
-for (const [name, entry] of Object.entries(entries)) {
+const entries = {
+  'RealtimeClient only': `export { RealtimeClient } from './src/client.ts'`,
+  'RealtimeService only': `export { RealtimeService } from './src/service.ts'`,
+  'herald-client': `export * from './src/index.ts'`,
+  'herald-client/react': `export * from './src/react.ts'`,
+  'herald-client/react-native': `export * from './src/react-native.tsx'`,
+}
+for (const [name, contents] of Object.entries(entries)) {
   const r = await build({
-    entryPoints: [root + entry],
+    stdin: { contents, resolveDir: root, loader: 'ts' },
     bundle: true,
     minify: true,
     format: 'esm',
@@ -19,5 +26,6 @@ for (const [name, entry] of Object.entries(entries)) {
     logLevel: 'silent',
   })
   const code = r.outputFiles[0].contents
-  console.log(`${name.padEnd(28)} ${String(code.length).padStart(7)} B minified  ${String(gzipSync(code, { level: 9 }).length).padStart(6)} B min+gzip`)
+  const gz = gzipSync(code, { level: 9 }).length
+  console.log(`${name.padEnd(28)} ${String(code.length).padStart(7)} B minified  ${String(gz).padStart(6)} B min+gzip`)
 }

@@ -33,7 +33,6 @@ const OPEN = 1
 
 /** Events emitted by `on(...)`. */
 export interface ClientEvents {
-  [key: string]: unknown
   state: ConnectionState
   gap: GapInfo
   error: RealtimeError
@@ -70,10 +69,15 @@ export interface PollAnswer {
   more: boolean
 }
 
-function defaultApiUrl(url: string): string {
-  const u = new URL(url)
-  const scheme = u.protocol === 'wss:' ? 'https:' : 'http:'
-  return `${scheme}//${u.host}`
+/**
+ * `ws://host/ws` → `http://host`. Parsed by hand: React Native's URL
+ * polyfill does not implement `protocol`/`host`.
+ */
+export function defaultApiUrl(url: string): string {
+  const m = /^(wss?|https?):\/\/([^/?#]+)/i.exec(url)
+  if (!m) throw new TypeError(`herald-client: url must be ws://… or wss://…, got ${JSON.stringify(url)}`)
+  const secure = /^(wss|https)$/i.test(m[1]!)
+  return `${secure ? 'https' : 'http'}://${m[2]}`
 }
 
 /** Closes whose reconnect the spec forbids when the server sent no `disconnect`. */
@@ -113,6 +117,7 @@ export class RealtimeClient {
   private lastDisconnect: { code: number; reason: string; reconnect: boolean } | null = null
   private lastErrorCode = 0
   private authRetried = false
+  private reportedNoSocket = false
 
   private token: string | null
   private tokenExpiresAt: number | null = null
@@ -165,6 +170,7 @@ export class RealtimeClient {
     this.wanted = true
     this.failures = 0
     this.authRetried = false
+    this.reportedNoSocket = false
     this.setState('connecting')
     void this.open()
   }
@@ -280,7 +286,15 @@ export class RealtimeClient {
     try {
       if (!Ctor) throw new Error('no WebSocket implementation')
       sock = new Ctor(this.options.url)
-    } catch {
+    } catch (err) {
+      // Once per connect(): the fallback keeps probing and would repeat it.
+      if (!this.reportedNoSocket) {
+        this.reportedNoSocket = true
+        this.events.emit('error', {
+          code: 0,
+          message: Ctor ? `cannot open a WebSocket: ${String(err)}` : 'no WebSocket implementation: pass the webSocket option',
+        })
+      }
       this.onSocketUnavailable()
       this.socketFailed(0)
       return
@@ -371,7 +385,6 @@ export class RealtimeClient {
     // The socket is back: polling ends before the resubscribes carry the cursors.
     this.stopFallback()
     this.setState('connected')
-    this.onConnected()
     for (const [name, ch] of this.channels) {
       ch.failed = false
       this.sendSubscribe(name, ch)
@@ -384,6 +397,9 @@ export class RealtimeClient {
     const ch = this.channels.get(name)
     if (typeof frame.id === 'number') this.settle(frame.id, frame)
     if (!ch || typeof frame.cursor !== 'string') return
+    // The answer to an older subscribe of this channel (unsubscribed and
+    // subscribed again since): the newer answer sets the position.
+    if (ch.pendingId !== null && frame.id !== ch.pendingId) return
     ch.pendingId = null
     if (ch.sentSince && frame.recovered === false) {
       this.events.emit('gap', { channel: name, since: ch.sentSince, cursor: frame.cursor })
@@ -412,6 +428,17 @@ export class RealtimeClient {
         if (ch.pendingId === frame.id) {
           ch.pendingId = null
           if (code === 1007) return // already subscribed: the server has it
+          if (code === 1005 || code === 1011) {
+            // Rate limited, or history briefly unavailable: try again shortly.
+            const gen = this.generation
+            const { minReconnectDelay: min, maxReconnectDelay: max, random } = this.options
+            setTimeout(() => {
+              if (gen === this.generation && this.channels.get(name) === ch && this.currentState === 'connected') {
+                this.sendSubscribe(name, ch)
+              }
+            }, Math.max(min, backoffDelay(2, min, max, random)))
+            return
+          }
           ch.failed = true
           this.events.emit('error', { code, message, channel: name })
           this.onChannelFailed(name)
@@ -717,8 +744,6 @@ export class RealtimeClient {
   protected onSocketFailed(_failures: number): void {}
   /** When no WebSocket can be created at all. */
   protected onSocketUnavailable(): void {}
-  /** When the socket reached `connected`. */
-  protected onConnected(): void {}
   protected onChannelAdded(_channel: string): void {}
   protected onChannelRemoved(_channel: string): void {}
   protected onChannelFailed(_channel: string): void {}

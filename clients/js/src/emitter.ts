@@ -1,5 +1,5 @@
 /** A minimal typed event emitter; listeners that throw do not stop the others. */
-export class Emitter<Events extends Record<string, unknown>> {
+export class Emitter<Events extends object> {
   private readonly listeners = new Map<keyof Events, Set<(arg: never) => void>>()
 
   on<K extends keyof Events>(event: K, fn: (arg: Events[K]) => void): () => void {

@@ -62,7 +62,10 @@ export class MobileRealtimeService extends RealtimeService {
         )
       }
     }
+    this.suspended = false
     super.connect()
+    // Started while already in the background (e.g. woken by a push): the grace applies.
+    if (this.mobileOptions.appState?.currentState === 'background') this.onAppState('background')
   }
 
   /** True while the app is backgrounded and the socket has been closed. */

@@ -11,7 +11,7 @@
  */
 import { backoffDelay } from './backoff.js'
 import { RealtimeClient, type PollAnswer } from './client.js'
-import type { FetchLike, RealtimeOptions } from './types.js'
+import type { FetchLike } from './types.js'
 
 /** One stream being polled; `null` key is the notification inbox. */
 interface PollLoop {
@@ -24,10 +24,6 @@ const INBOX = '\u0000inbox'
 export class RealtimeService extends RealtimeClient {
   private readonly loops = new Map<string, PollLoop>()
   private fallbackActive = false
-
-  constructor(options: RealtimeOptions) {
-    super(options)
-  }
 
   /** True while the fallback is polling. */
   get isPolling(): boolean {

@@ -110,7 +110,15 @@ describe('RealtimeClient', () => {
 
   it('calls getToken again before exp and stays connected across refreshes', async () => {
     let calls = 0
+    const frames: string[] = []
+    class RecordingSocket extends WebSocket {
+      constructor(url: string) {
+        super(url)
+        this.on('message', (d) => frames.push(String(d)))
+      }
+    }
     const c = client({
+      webSocket: RecordingSocket as unknown as WebSocketConstructor,
       getToken: async () => {
         calls++
         return makeToken('user-4', 3)
@@ -128,6 +136,9 @@ describe('RealtimeClient', () => {
     await server.publish('venue:4', 'still here')
     await waitFor(() => got.length === 1, 'message after refreshes')
     expect(states).toEqual(['disconnected', 'connecting', 'connected'])
+    // Refreshed before exp: the server never had to say the token expired.
+    expect(frames.filter((f) => f.includes('"refreshed"')).length).toBeGreaterThanOrEqual(3)
+    expect(frames.filter((f) => f.includes('"code":1009'))).toEqual([])
   })
 
   it('does not reconnect when the server says reconnect:false (bad token)', async () => {

@@ -174,6 +174,17 @@ describe('MobileRealtimeService', () => {
     expect(got).toEqual([1])
   })
 
+  it('connecting while already in the background still closes after the grace', async () => {
+    const app = new FakeAppState()
+    app.currentState = 'background'
+    const s = mobile({ token: makeToken('m-5'), appState: app, backgroundGrace: 300 })
+    s.connect()
+    await waitFor(() => s.state === 'connected', 'connected')
+    await waitFor(() => s.state === 'disconnected' && s.isSuspended, 'suspended after the grace', 5_000)
+    app.set('active')
+    await waitFor(() => s.state === 'connected', 'connected again')
+  })
+
   it('listens to AppState only between connect and disconnect', () => {
     const app = new FakeAppState()
     const s = mobile({ appState: app, network: new FakeNetwork() })

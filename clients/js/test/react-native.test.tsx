@@ -92,3 +92,43 @@ describe('herald-client/react-native', () => {
     expect(svc!.state).toBe('disconnected')
   })
 })
+
+describe('RealtimeDemo on the polling fallback', () => {
+  it('shows the polling badge while the WebSocket is blocked, keeps showing messages, and recovers', async () => {
+    const { startProxy } = await import('./helpers/proxy.js')
+    const proxy = await startProxy(server.origin)
+    try {
+      renderer = create(
+        <RealtimeDemo
+          url={proxy.wsUrl}
+          token={makeToken('rn-3')}
+          channels={['venue:43']}
+          options={{ webSocket: WS, minReconnectDelay: 50, maxReconnectDelay: 300, fallbackAfter: 1, longPollWait: 5 }}
+        />,
+      )
+      await waitFor(() => texts('herald-state')[0] === 'State: connected', 'connected state')
+      proxy.blockUpgrades(true)
+      proxy.dropSockets()
+      await waitFor(() => texts('herald-polling')[0] === 'polling', 'polling badge')
+      expect(texts('herald-state')[0]).toBe('State: polling')
+      await server.publish('venue:43', { via: 'poll' })
+      await server.notify('rn-3', { title: 'polled' })
+      await waitFor(() => texts('herald-message').some((t) => t.includes('{"via":"poll"}')), 'polled message')
+      await waitFor(() => texts('herald-notification').some((t) => t.includes('polled')), 'polled notification')
+      proxy.blockUpgrades(false)
+      await waitFor(() => texts('herald-state')[0] === 'State: connected', 'back on the socket', 10_000)
+      expect(texts('herald-polling')).toEqual([])
+      await server.publish('venue:43', { via: 'socket' })
+      await waitFor(() => texts('herald-message').some((t) => t.includes('{"via":"socket"}')), 'socket message')
+      // Newest first, each once.
+      expect(texts('herald-message').filter((t) => t.includes('"via"'))).toEqual([
+        expect.stringMatching(/^venue:43 #\d+ \{"via":"socket"\}$/),
+        expect.stringMatching(/^venue:43 #\d+ \{"via":"poll"\}$/),
+      ])
+    } finally {
+      renderer?.unmount()
+      renderer = null
+      await proxy.close()
+    }
+  })
+})

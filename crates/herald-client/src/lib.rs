@@ -90,8 +90,10 @@ impl Client {
 
     /// The next event from the socket, bypassing the push buffer.
     pub async fn next_event(&mut self) -> Result<Event, Error> {
+        // One deadline for the call: answered pings must not extend it.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let msg = match tokio::time::timeout(self.timeout, self.ws.next()).await {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return Err(Error::Timeout("a frame".into())),
                 Ok(None) => {
                     return Ok(Event::Closed {

@@ -131,6 +131,10 @@ pub struct AuthConfig {
     /// Clock leeway for `exp` and `nbf`.
     #[serde(with = "duration_str")]
     pub leeway: Duration,
+    /// Time a connection has to `refresh` after being told (1009) that its
+    /// token expired; then it is closed with 4005.
+    #[serde(with = "duration_str")]
+    pub refresh_grace: Duration,
 }
 
 /// `[limits]`
@@ -279,6 +283,7 @@ impl Default for AuthConfig {
             allow_anonymous: false,
             allow_no_exp: false,
             leeway: Duration::from_secs(5),
+            refresh_grace: Duration::from_secs(30),
         }
     }
 }

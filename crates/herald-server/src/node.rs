@@ -628,6 +628,11 @@ impl Node {
         }
     }
 
+    /// Long polls being held right now.
+    pub fn long_polls_held(&self) -> usize {
+        self.config.limits.max_long_poll_waiters - self.long_polls.available_permits()
+    }
+
     /// Whether the engine can take publishes.
     pub async fn ready(&self) -> bool {
         self.engine.ready().await

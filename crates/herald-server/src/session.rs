@@ -24,8 +24,6 @@ use crate::hub::{inbox_key, Conn, EncodedPub};
 use crate::node::{Node, NodeError, PublishItem, SessionSlot};
 use crate::transport::ws::{Inbound, Socket};
 
-/// How long a client has to `refresh` after being told its token expired.
-const REFRESH_GRACE: Duration = Duration::from_secs(30);
 /// Most queued frames written in one go.
 const MAX_BATCH: usize = 64;
 /// Strikes (rate-limited or malformed commands) are forgotten after this long without one.
@@ -209,7 +207,8 @@ impl Session {
     async fn on_expiry(&mut self) -> Step {
         match self.expiry {
             Expiry::WarnAt(_) => {
-                self.expiry = Expiry::CloseAt(Instant::now() + REFRESH_GRACE);
+                self.expiry =
+                    Expiry::CloseAt(Instant::now() + self.node.config().auth.refresh_grace);
                 let e = CommandError::new(
                     ErrorCode::TokenExpired,
                     "token expired; send refresh with a new token",

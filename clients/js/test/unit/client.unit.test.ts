@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { RealtimeClient } from '../../src/client.js'
+import { RealtimeClient, defaultApiUrl } from '../../src/client.js'
 import { RealtimeService } from '../../src/service.js'
 import { backoffDelay } from '../../src/backoff.js'
 import { Position, parseCursor } from '../../src/cursor.js'
@@ -43,6 +43,15 @@ describe('cursor and position', () => {
     expect(p.accept('f:1')).toBe(true)
     p.advanceTo('f:0')
     expect(p.cursor).toBe('f:1')
+  })
+})
+
+describe('defaultApiUrl', () => {
+  it('maps the socket URL to the HTTP origin', () => {
+    expect(defaultApiUrl('ws://localhost:8080/ws')).toBe('http://localhost:8080')
+    expect(defaultApiUrl('wss://rt.example.com/ws?x=1')).toBe('https://rt.example.com')
+    expect(defaultApiUrl('ws://[::1]:9/ws')).toBe('http://[::1]:9')
+    expect(() => defaultApiUrl('localhost:8080')).toThrow(/ws:\/\//)
   })
 })
 
@@ -153,6 +162,25 @@ describe('RealtimeClient state machine (fake socket)', () => {
     c.disconnect()
   })
 
+  it('retries a subscribe refused with 1011 or 1005, but not one refused with 1002', async () => {
+    const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, minReconnectDelay: 10, maxReconnectDelay: 100 })
+    const errors: unknown[] = []
+    c.on('error', (e) => errors.push(e))
+    c.subscribe('venue:1', () => {})
+    c.subscribe('venue:2', () => {})
+    c.connect()
+    await flush()
+    const s = FakeSocket.last()
+    s.accept()
+    const [a, b] = s.ofType('subscribe')
+    s.push({ type: 'error', id: a!.id, code: 1011, message: 'history is unavailable; try again' })
+    s.push({ type: 'error', id: b!.id, code: 1002, message: 'permission denied' })
+    await vi.advanceTimersByTimeAsync(200)
+    expect(s.ofType('subscribe').map((f) => f.channel)).toEqual(['venue:1', 'venue:2', 'venue:1'])
+    expect(errors).toEqual([{ code: 1002, message: 'permission denied', channel: 'venue:2' }])
+    c.disconnect()
+  })
+
   it('treats two missed pings as a dead socket', async () => {
     const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, minReconnectDelay: 10, maxReconnectDelay: 10 })
     c.connect()
@@ -248,9 +276,13 @@ describe('RealtimeService polling (fake fetch)', () => {
     svc.subscribe('venue:2', () => {})
     svc.subscribe('venue:3', () => {})
     await vi.advanceTimersByTimeAsync(1)
-    expect(errors).toEqual([{ code: 1002, message: 'permission denied', channel: 'venue:3' }])
+    expect(errors).toEqual([
+      { code: 0, message: 'cannot open a WebSocket: Error: blocked' },
+      { code: 1002, message: 'permission denied', channel: 'venue:3' },
+    ])
     urls.length = 0
     await vi.advanceTimersByTimeAsync(2_500)
+    expect(errors).toHaveLength(2) // the socket probes do not repeat the "cannot open" error
     // Two streams left (venue:1, venue:2): both may long-poll; venue:3 is not polled again.
     expect(urls.some((u) => u.includes('/venue:3/'))).toBe(false)
     expect(urls.filter((u) => u.includes('/venue:2/')).every((u) => u.includes('wait=7'))).toBe(true)

@@ -41,11 +41,9 @@ pub(crate) fn parse_since(raw: &str) -> Result<PollSince, ApiError> {
             .map(PollSince::Time)
             .map_err(|_| ApiError::bad_request("since is out of range"));
     }
-    if let Ok(t) = humantime::parse_rfc3339_weak(raw) {
-        let ms = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+    if let Ok(t) = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+    {
+        let ms = (t.unix_timestamp_nanos() / 1_000_000).clamp(0, u64::MAX as i128) as u64;
         return Ok(PollSince::Time(ms));
     }
     Err(ApiError::bad_request(
@@ -292,6 +290,10 @@ mod tests {
             parse_since("1970-01-01T00:00:01Z").unwrap(),
             PollSince::Time(1000)
         );
+        assert_eq!(
+            parse_since("1970-01-01T01:00:01.5+01:00").unwrap(),
+            PollSince::Time(1500)
+        );
         assert_eq!(parse_since("").unwrap(), PollSince::Oldest);
         for bad in ["yesterday", "e7Hq:", "-5", "1.5", "2026-13-01T00:00:00Z"] {
             assert!(parse_since(bad).is_err(), "{bad}");
@@ -304,6 +306,8 @@ mod tests {
         assert!(parse_params(Some("limit=1001")).is_err());
         assert!(parse_params(Some("wait=61")).is_err());
         assert!(parse_params(Some("wait=-1")).is_err());
+        let p = parse_params(Some("since=2999-01-01T00:00:00%2B02:00")).unwrap();
+        assert_eq!(p.since, PollSince::Time(32472136800000));
         let p = parse_params(Some("limit=5&wait=2&unknown=1")).unwrap();
         assert_eq!((p.limit, p.wait), (5, Duration::from_secs(2)));
     }

@@ -21,8 +21,10 @@ use herald_protocol::{CloseCode, ErrorCode};
 const READ_BUFFER: usize = 4 * 1024;
 /// Bytes of queued frames at which a flush happens even mid-batch.
 const WRITE_BUFFER: usize = 32 * 1024;
-/// Time a closing handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time the goodbye (`disconnect` + close frame) may take before the socket
+/// is dropped: long enough for a slow reader to drain what is in flight and
+/// learn why it was closed, short enough that a stalled one can't hold a task.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET /ws`: checks the origin, then hands the upgraded socket to a session.
 pub(crate) async fn upgrade(
@@ -129,7 +131,7 @@ impl Socket {
     }
 
     /// Sends `last` (the `disconnect` frame) and a close frame with `code`,
-    /// giving up after a second: a stalled peer can't hold the task.
+    /// giving up after [`CLOSE_TIMEOUT`].
     pub(crate) async fn close(mut self, last: Option<Utf8Bytes>, code: CloseCode) {
         let frame = CloseFrame {
             code: code.as_u16(),

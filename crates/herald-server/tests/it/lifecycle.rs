@@ -1,0 +1,188 @@
+//! Engines across restarts, operations endpoints, graceful shutdown.
+
+use std::time::Duration;
+
+use herald_server::config::EngineKind;
+use serde_json::json;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn embedded_engine_keeps_history_inboxes_and_epochs_across_restart() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let embedded = |c: &mut herald_server::Config| c.engine.kind = EngineKind::Embedded;
+    let s = TestServer::in_dir(dir.clone(), embedded).await;
+    let first = s.publish("venue:1", json!({"n": 1})).await;
+    s.publish("venue:1", json!({"n": 2})).await;
+    let inbox = s.notify("alice", json!({"n": "a1"})).await;
+    s.stop().await;
+
+    let s = TestServer::in_dir(dir, embedded).await;
+    let (_, page) = s.get("/api/venues/1/updates", Some(&token("u", 60))).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    let third = s.publish("venue:1", json!({"n": 3})).await;
+    assert_eq!(third["offset"], 3, "offsets continue");
+    let epoch = |v: &serde_json::Value| {
+        v["cursor"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(epoch(&third), epoch(&first), "the epoch survives a restart");
+    let mut c = s.connected(Some("u")).await;
+    let sub = c
+        .subscribe("venue:1", first["cursor"].as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        (sub["recovered"].clone(), sub["missed"].clone()),
+        (json!(true), json!(2))
+    );
+    let mut a = s.open().await;
+    let reply = a.request(json!({"type": "connect", "token": token("alice", 60), "notifications_since": format!("{}:0", epoch(&inbox))})).await.unwrap();
+    assert_eq!(reply["notifications"]["missed"], 1, "{reply}");
+    assert_eq!(a.next_push().await.unwrap()["data"]["n"], "a1");
+}
+
+#[tokio::test]
+async fn memory_engine_forgets_and_changes_epoch() {
+    let s = TestServer::start().await;
+    let before = s.publish("chat:m", json!(1)).await;
+    s.stop().await;
+    let s = TestServer::start().await;
+    let after = s.publish("chat:m", json!(1)).await;
+    assert_eq!(after["offset"], 1);
+    assert_ne!(before["cursor"], after["cursor"]);
+    let mut c = s.connected(None).await;
+    let sub = c
+        .subscribe("chat:m", before["cursor"].as_str())
+        .await
+        .unwrap();
+    assert_eq!(sub["recovered"], false);
+}
+
+#[tokio::test]
+async fn history_ttl_trims_old_messages() {
+    for kind in [EngineKind::Memory, EngineKind::Embedded] {
+        let s = TestServer::with(|c| {
+            c.engine.kind = kind;
+            let mut n = ns("brief", herald_server::config::SubscribeRule::Public, false);
+            n.history_ttl = Some(Duration::from_millis(300));
+            c.namespaces.push(n);
+        })
+        .await;
+        let first = s.publish("brief:1", json!(1)).await;
+        let (_, page) = s.get("/api/channels/brief:1/messages", None).await;
+        assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (_, page) = s.get("/api/channels/brief:1/messages", None).await;
+        assert_eq!(
+            page["messages"].as_array().unwrap().len(),
+            0,
+            "{kind:?}: expired"
+        );
+        let (_, page) = s
+            .get(
+                &format!(
+                    "/api/channels/brief:1/messages?since={}:0",
+                    first["cursor"].as_str().unwrap().split(':').next().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(
+            page["recovered"], false,
+            "{kind:?}: the expired message is a gap"
+        );
+        assert!(page["cursor"].as_str().unwrap().ends_with(":1"));
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_tells_every_client_to_reconnect() {
+    let s = TestServer::start().await;
+    let mut a = s.connected(Some("u1")).await;
+    let mut b = s.connected(None).await;
+    b.subscribe("chat:1", None).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let (da, ca) = a.until_closed().await.unwrap();
+        let (db, cb) = b.until_closed().await.unwrap();
+        (da, ca, db, cb)
+    });
+    s.stop().await;
+    let (da, ca, db, cb) = waiter.await.unwrap();
+    for (d, c) in [(da, ca), (db, cb)] {
+        let d = d.expect("disconnect frame");
+        assert_eq!(
+            d,
+            json!({"type": "disconnect", "code": 4000, "reason": "server shutting down", "reconnect": true})
+        );
+        assert_eq!(c, Some(4000));
+    }
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let s = TestServer::start().await;
+    let (status, _) = s.get("/health", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = s.get("/ready", None).await;
+    assert_eq!((status, body["status"].clone()), (200, json!("ready")));
+    let mut c = s.connected(None).await;
+    c.subscribe("chat:x", None).await.unwrap();
+    s.publish("chat:x", json!(1)).await;
+    c.next_push().await.unwrap();
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "herald_connections 1",
+        "herald_subscriptions 1",
+        "herald_messages_published_total 1",
+        "herald_messages_delivered_total 1",
+        "herald_messages_dropped_total 0",
+        "herald_slow_consumer_disconnects_total 0",
+        "herald_rate_limited_total 0",
+        "herald_engine_errors_total 0",
+        "herald_publish_to_send_seconds_count 1",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let page = s.http.get(s.url("/realtime-demo")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+}
+
+#[tokio::test]
+async fn origins_are_checked_on_the_upgrade() {
+    let s = TestServer::with(|c| c.allowed_origins = vec!["https://venue.example".into()]).await;
+    let req = |origin: &str| {
+        let mut r = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            s.ws_url(),
+        )
+        .unwrap();
+        r.headers_mut().insert("origin", origin.parse().unwrap());
+        r
+    };
+    let err = tokio_tungstenite::connect_async(req("https://evil.example"))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {other}"),
+    }
+    assert!(
+        tokio_tungstenite::connect_async(req("https://venue.example"))
+            .await
+            .is_ok()
+    );
+}

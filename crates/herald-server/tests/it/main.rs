@@ -1,0 +1,12 @@
+//! Integration tests: a real server on an ephemeral port, real sockets.
+
+#![allow(unreachable_pub)]
+
+mod util;
+
+mod api;
+mod fanout;
+mod lifecycle;
+mod polling;
+mod protocol;
+mod recovery;

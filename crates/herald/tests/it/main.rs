@@ -1,0 +1,9 @@
+//! Tests of the `herald` binary itself: dev mode, the CLI, signals, and
+//! durability across `kill -9`.
+
+#![allow(unreachable_pub)]
+
+mod util;
+
+mod cli;
+mod durability;

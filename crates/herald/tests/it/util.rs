@@ -1,0 +1,123 @@
+//! Runs the real `herald` binary on an ephemeral port.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const SECRET: &str = "bin-test-secret-0123456789";
+pub const API_KEY: &str = "bin-test-api-key";
+
+/// A `herald` command with a clean environment (no inherited `HERALD_*`).
+pub fn herald(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(cwd);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") || key == "WEBSOCKET_PORT" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A running server process.
+pub struct Proc {
+    pub child: Child,
+    pub origin: String,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl Proc {
+    /// Starts `herald serve <args>` in `cwd` and waits for its listening line.
+    pub fn start(cwd: &Path, args: &[&str]) -> Self {
+        let stderr_path = cwd.join(format!("stderr-{}.log", rand_suffix()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = herald(cwd)
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("herald starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(origin) = line.strip_prefix("herald listening on ") {
+                    let _ = tx.send(origin.to_owned());
+                }
+            }
+        });
+        let origin = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(o) => o,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no listening line; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child,
+            origin,
+            stderr_path,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.origin.replace("http://", "ws://"))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "herald did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A config file with known secrets, an embedded store in `dir/data`.
+pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("herald.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{extra}\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"embedded\"\npath = \"{}\"\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}

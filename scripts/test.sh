@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test Herald has: formatting and lints, the Rust workspace (unit
+# and integration tests against real servers), then the TypeScript SDK
+# (type check, demo-bundle freshness, vitest against the real binary, and
+# browser tests in headless Chromium). Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+# Debian's Chromium for the browser tests (never a downloaded browser build).
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing chromium"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test"
+cargo test --workspace --locked
+
+say "SDK (clients/js)"
+cargo build -p herald --locked
+export HERALD_BIN="$PWD/target/debug/herald"
+cd clients/js
+npm ci --no-audit --no-fund
+npm run typecheck
+npm run check:demo
+npm run build
+npm test
