@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Publish(PublishArgs),
     /// Send a JSON notification to a user through the HTTP API.
     Notify(NotifyArgs),
+    /// Load-generate against a running server (publish, batch, fanout).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where configuration comes from; flags beat env, env beats file.

@@ -3,6 +3,7 @@
 //! The only place `anyhow` lives; libraries report typed errors and this maps
 //! them to messages and exit codes.
 
+mod bench;
 mod cli;
 mod dev;
 
@@ -86,6 +87,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             post(&args.api, &url, &args.json).await
         }
+        Command::Bench(args) => bench::run(args).await,
         Command::Notify(args) => {
             let url = format!(
                 "{}/api/users/{}/notifications",

@@ -108,11 +108,7 @@ pub(crate) async fn control(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    require_api_key(&node, &headers)?;
-    let limit = node.config().limits.max_message_bytes + ENVELOPE_SLACK;
-    let action: Action = json_body(&headers, body, limit).await?;
-    let item = action.into_item()?;
-    Ok(Json(published(&node.publish_one(item).await?)))
+    publish_single(&node, &headers, body, |action: Action| action.into_item()).await
 }
 
 /// `POST /api/channels/{channel}/messages`: the body is the data.
@@ -122,14 +118,13 @@ pub(crate) async fn publish_channel(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    require_api_key(&node, &headers)?;
-    let limit = node.config().limits.max_message_bytes + ENVELOPE_SLACK;
-    let data: Box<RawValue> = json_body(&headers, body, limit).await?;
-    let item = PublishItem::Broadcast {
-        channel,
-        data: data.get().to_owned(),
-    };
-    Ok(Json(published(&node.publish_one(item).await?)))
+    publish_single(&node, &headers, body, |data: Box<RawValue>| {
+        Ok(PublishItem::Broadcast {
+            channel,
+            data: data.get().to_owned(),
+        })
+    })
+    .await
 }
 
 /// `POST /api/users/{userId}/notifications`: the body is the data.
@@ -139,13 +134,27 @@ pub(crate) async fn notify_user(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    require_api_key(&node, &headers)?;
+    publish_single(&node, &headers, body, |data: Box<RawValue>| {
+        Ok(PublishItem::Notify {
+            user,
+            data: data.get().to_owned(),
+        })
+    })
+    .await
+}
+
+/// The shared path of the single-publish endpoints: API key, bounded JSON
+/// body, `to_item` turns the body into what to publish.
+async fn publish_single<B: serde::de::DeserializeOwned>(
+    node: &Node,
+    headers: &HeaderMap,
+    body: Body,
+    to_item: impl FnOnce(B) -> Result<PublishItem, CommandError>,
+) -> Result<Json<Value>, ApiError> {
+    require_api_key(node, headers)?;
     let limit = node.config().limits.max_message_bytes + ENVELOPE_SLACK;
-    let data: Box<RawValue> = json_body(&headers, body, limit).await?;
-    let item = PublishItem::Notify {
-        user,
-        data: data.get().to_owned(),
-    };
+    let parsed: B = json_body(headers, body, limit).await?;
+    let item = to_item(parsed)?;
     Ok(Json(published(&node.publish_one(item).await?)))
 }
 

@@ -1,0 +1,446 @@
+//! `herald bench`: a load generator for a running Herald (SPEC §10).
+//!
+//! Every scenario is bounded in time and in count, talks only to the URL it
+//! is given (loopback in practice), and prints one summary line that
+//! BENCHMARKS.md records next to the exact command. Pass `--server-pid` to
+//! also measure the server's CPU time (from /proc) per operation.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use herald_client::{Client, Event};
+use serde_json::json;
+
+/// Most connections one fan-out run opens (the process's file limit is 20,000).
+const MAX_SUBSCRIBERS: usize = 19_000;
+/// Longest run.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The server's HTTP origin.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key (default: dev mode's herald-data/dev.env).
+    #[arg(long, env = "HERALD_API_KEY")]
+    api_key: Option<String>,
+    /// How long to run, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Channel to use.
+    #[arg(long, default_value = "bench")]
+    channel: String,
+    /// Bytes of padding in each message's data.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// The server's process id, to measure its CPU time per operation.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Single HTTP publishes from keep-alive clients, as fast as they are answered.
+    Publish {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
+    /// `/api/batch` publishes of `--batch` messages each.
+    Batch {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Messages per batch (at most 1000).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Subscribers on one channel, a publisher at a fixed rate; reports
+    /// deliveries/s, publish-to-receive latency and loss.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// WebSocket subscribers.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Publish requests per second.
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+        /// Messages per publish request (>1 uses /api/batch: a burst to one channel).
+        #[arg(long, default_value_t = 1)]
+        burst: usize,
+        /// Client token for `connect` (default: dev mode's `user`).
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+    match args.scenario {
+        Scenario::Publish { common, clients } => publish(&common, clients, 1).await,
+        Scenario::Batch {
+            common,
+            clients,
+            batch,
+        } => {
+            if !(1..=1000).contains(&batch) {
+                bail!("--batch must be 1 to 1000");
+            }
+            publish(&common, clients, batch).await
+        }
+        Scenario::Fanout {
+            common,
+            subscribers,
+            rate,
+            burst,
+            token,
+        } => fanout(&common, subscribers, rate, burst, token).await,
+    }
+}
+
+fn duration(common: &Common) -> Result<Duration> {
+    let d = humantime::parse_duration(&common.duration).context("--duration is not a duration")?;
+    if d > MAX_DURATION {
+        bail!("--duration is at most {}s", MAX_DURATION.as_secs());
+    }
+    Ok(d)
+}
+
+fn api_key(common: &Common) -> Result<String> {
+    match &common.api_key {
+        Some(k) => Ok(k.clone()),
+        None => crate::dev::read_env(&crate::default_data_dir())
+            .and_then(|env| {
+                env.get("HERALD_AUTH_API_KEYS")
+                    .and_then(|k| k.split(',').next().map(str::to_owned))
+            })
+            .context("no API key: pass --api-key (or run next to a dev server's herald-data/)"),
+    }
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used, from /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every mainstream platform.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn publish(common: &Common, clients: usize, batch: usize) -> Result<()> {
+    let run_for = duration(common)?;
+    let key = api_key(common)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let pad = "x".repeat(common.payload);
+    let (url, body) = if batch == 1 {
+        (
+            format!("{}/api/channels/{}/messages", common.url, common.channel),
+            json!({"pad": pad}).to_string(),
+        )
+    } else {
+        let items: Vec<_> = (0..batch)
+            .map(
+                |_| json!({"action": "broadcast", "channel": common.channel, "data": {"pad": pad}}),
+            )
+            .collect();
+        (
+            format!("{}/api/batch", common.url),
+            json!({ "items": items }).to_string(),
+        )
+    };
+    let cpu_before = common.server_pid.and_then(cpu_time);
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, body, key) = (http.clone(), url.clone(), body.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(common.server_pid.and_then(cpu_time))
+        .map(|(a, b)| b.saturating_sub(a));
+    latencies.sort_unstable();
+    let requests = latencies.len() as f64;
+    let messages = requests * batch as f64;
+    let cpu_note = cpu.map_or(String::new(), |c| {
+        format!(
+            ", server CPU {:.1} µs/message ({:.0}% of a core)",
+            c.as_secs_f64() * 1e6 / messages.max(1.0),
+            c.as_secs_f64() / elapsed * 100.0
+        )
+    });
+    println!(
+        "{} clients, batch {batch}: {:.0} requests/s, {:.0} messages/s, latency p50 {:.2} ms p99 {:.2} ms, {errors} errors{cpu_note}",
+        clients,
+        requests / elapsed,
+        messages / elapsed,
+        percentile(&latencies, 0.5) as f64 / 1000.0,
+        percentile(&latencies, 0.99) as f64 / 1000.0,
+    );
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(())
+}
+
+/// Finds `"t":<digits>` in a frame without parsing it all: the load
+/// generator must not be the bottleneck it measures.
+fn sent_at(frame: &str) -> Option<u64> {
+    let start = frame.find("\"t\":")? + 4;
+    let digits: &str = &frame[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+fn offset_of(frame: &str) -> Option<u64> {
+    let start = frame.find("\"offset\":")? + 9;
+    let digits = &frame[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+async fn fanout(
+    common: &Common,
+    subscribers: usize,
+    rate: u32,
+    burst: usize,
+    token: Option<String>,
+) -> Result<()> {
+    if subscribers == 0 || subscribers > MAX_SUBSCRIBERS {
+        bail!("--subscribers must be 1 to {MAX_SUBSCRIBERS}");
+    }
+    if rate == 0 || !(1..=1000).contains(&burst) {
+        bail!("--rate must be at least 1 and --burst 1 to 1000");
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let run_for = duration(common)?;
+    let key = api_key(common)?;
+    let ws_url = format!("{}/ws", common.url.replacen("http", "ws", 1));
+    let done = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers);
+    let mut tasks = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let (ws_url, channel, token, done, received, ready_tx) = (
+            ws_url.clone(),
+            common.channel.clone(),
+            token.clone(),
+            done.clone(),
+            received.clone(),
+            ready_tx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::open(&ws_url).await?;
+            c.timeout = Duration::from_secs(30);
+            let connect = match &token {
+                Some(t) => json!({"type": "connect", "token": t}),
+                None => json!({"type": "connect", "user": format!("bench-{i}")}),
+            };
+            let reply = c.request(connect).await?;
+            if reply["type"] != "connected" {
+                bail!("connect refused: {reply}");
+            }
+            let reply = c.subscribe(&channel, None).await?;
+            if reply["type"] != "subscribed" {
+                bail!("subscribe refused: {reply}");
+            }
+            let mut last = reply["cursor"]
+                .as_str()
+                .and_then(|s| s.rsplit(':').next())
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0u64);
+            let _ = ready_tx.send(()).await;
+            let mut latencies = Vec::new();
+            let mut gaps = 0u64;
+            c.timeout = Duration::from_secs(5);
+            while !done.load(Ordering::Relaxed) {
+                match c.next_event().await {
+                    Ok(Event::Frame(v)) if v["type"] == "message" => {
+                        let text = v.to_string();
+                        if let Some(t) = sent_at(&text) {
+                            latencies.push(micros_now().saturating_sub(t));
+                        }
+                        if let Some(o) = offset_of(&text) {
+                            if o != last + 1 {
+                                gaps += 1;
+                            }
+                            last = o;
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Frame(_)) => {}
+                    Ok(Event::Closed { code, .. }) => bail!("closed by server: {code:?}"),
+                    Err(herald_client::Error::Timeout(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok((latencies, gaps))
+        }));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    let setup = Instant::now();
+    while ready < subscribers {
+        match tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await {
+            Ok(Some(())) => ready += 1,
+            _ => bail!("only {ready} of {subscribers} subscribers connected"),
+        }
+    }
+    eprintln!(
+        "{subscribers} subscribers ready in {:.1}s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let http = reqwest::Client::new();
+    let pad = "x".repeat(common.payload);
+    let cpu_before = common.server_pid.and_then(cpu_time);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut published = 0u64;
+    while started.elapsed() < run_for {
+        tick.tick().await;
+        let (url, body) = if burst == 1 {
+            (
+                format!("{}/api/channels/{}/messages", common.url, common.channel),
+                json!({"t": micros_now(), "pad": pad}),
+            )
+        } else {
+            let t = micros_now();
+            let items: Vec<_> = (0..burst).map(|_| json!({"action": "broadcast", "channel": common.channel, "data": {"t": t, "pad": pad}})).collect();
+            (
+                format!("{}/api/batch", common.url),
+                json!({ "items": items }),
+            )
+        };
+        let r = http.post(url).bearer_auth(&key).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("publish failed: {}", r.status());
+        }
+        published += burst as u64;
+    }
+    // Let in-flight messages land: wait until everything arrived or 10 s pass.
+    let expected = published * subscribers as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(common.server_pid.and_then(cpu_time))
+        .map(|(a, b)| b.saturating_sub(a));
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut gaps = 0;
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok((l, g)) => {
+                latencies.extend(l);
+                gaps += g;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("subscriber failed: {e:#}");
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let got = received.load(Ordering::Relaxed);
+    let cpu_note = cpu.map_or(String::new(), |c| {
+        format!(
+            ", server CPU {:.2} µs/delivery ({:.0}% of a core)",
+            c.as_secs_f64() * 1e6 / got.max(1) as f64,
+            c.as_secs_f64() / elapsed * 100.0
+        )
+    });
+    println!(
+        "{subscribers} subscribers, {rate} publishes/s × {burst}: {:.0} deliveries/s, latency p50 {:.1} ms p99 {:.1} ms, received {got}/{expected}, gaps {gaps}, failed subscribers {failed}{cpu_note}",
+        got as f64 / elapsed,
+        percentile(&latencies, 0.5) as f64 / 1000.0,
+        percentile(&latencies, 0.99) as f64 / 1000.0,
+    );
+    if got < expected || gaps > 0 || failed > 0 {
+        bail!(
+            "lost messages: received {got} of {expected}, {gaps} gaps, {failed} failed subscribers"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_frames_without_parsing() {
+        let f = r#"{"type":"message","channel":"bench","offset":42,"cursor":"E:42","ts":1,"data":{"t":1764100000123456,"pad":"xx"}}"#;
+        assert_eq!(sent_at(f), Some(1764100000123456));
+        assert_eq!(offset_of(f), Some(42));
+        assert_eq!(percentile(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.5), 6);
+    }
+}
