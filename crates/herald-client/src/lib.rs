@@ -134,6 +134,39 @@ impl Client {
         }
     }
 
+    /// The next text frame as it arrived, unparsed (for load generators,
+    /// which must not spend their CPU parsing). Pings are answered when
+    /// `auto_pong` is on (cheaply recognised by prefix); a close is an error.
+    pub async fn next_raw(&mut self) -> Result<String, Error> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Err(Error::Timeout("a frame".into())),
+                Ok(None) => {
+                    return Err(Error::Closed {
+                        code: None,
+                        reason: String::new(),
+                    })
+                }
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) if self.auto_pong && t.as_str() == r#"{"type":"ping"}"# => {
+                    self.send(&json!({"type": "pong"})).await?;
+                }
+                Message::Text(t) => return Ok(t.to_string()),
+                Message::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    return Err(Error::Closed { code, reason });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The next frame (buffered pushes first); a close is an error.
     pub async fn next_frame(&mut self) -> Result<Value, Error> {
         if let Some(v) = self.buffered.pop_front() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use herald_client::{Client, Event};
+use herald_client::Client;
 use serde_json::json;
 
 /// Most connections one fan-out run opens (the process's file limit is 20,000).
@@ -86,6 +86,19 @@ enum Scenario {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Idle connected sockets, each subscribed to one channel; reports the
+    /// server's memory per connection (needs --server-pid).
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Time to wait before reading the server's memory, e.g. 15s (the
+        /// allocator returns freed handshake buffers over some seconds).
+        #[arg(long, default_value = "15s")]
+        settle: String,
+    },
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
@@ -108,6 +121,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             burst,
             token,
         } => fanout(&common, subscribers, rate, burst, token).await,
+        Scenario::Idle {
+            common,
+            connections,
+            settle,
+        } => {
+            let settle =
+                humantime::parse_duration(&settle).context("--settle is not a duration")?;
+            idle(&common, connections, settle.min(MAX_DURATION)).await
+        }
     }
 }
 
@@ -318,9 +340,8 @@ async fn fanout(
             let mut gaps = 0u64;
             c.timeout = Duration::from_secs(5);
             while !done.load(Ordering::Relaxed) {
-                match c.next_event().await {
-                    Ok(Event::Frame(v)) if v["type"] == "message" => {
-                        let text = v.to_string();
+                match c.next_raw().await {
+                    Ok(text) if text.starts_with(r#"{"type":"message""#) => {
                         if let Some(t) = sent_at(&text) {
                             latencies.push(micros_now().saturating_sub(t));
                         }
@@ -332,8 +353,7 @@ async fn fanout(
                         }
                         received.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Event::Frame(_)) => {}
-                    Ok(Event::Closed { code, .. }) => bail!("closed by server: {code:?}"),
+                    Ok(_) => {}
                     Err(herald_client::Error::Timeout(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -429,6 +449,64 @@ async fn fanout(
             "lost messages: received {got} of {expected}, {gaps} gaps, {failed} failed subscribers"
         );
     }
+    Ok(())
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+async fn idle(common: &Common, connections: usize, settle: Duration) -> Result<()> {
+    if connections == 0 || connections > MAX_SUBSCRIBERS {
+        bail!("--connections must be 1 to {MAX_SUBSCRIBERS}");
+    }
+    let pid = common
+        .server_pid
+        .context("idle needs --server-pid to read the server's memory")?;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let ws_url = format!("{}/ws", common.url.replacen("http", "ws", 1));
+    let before = rss_bytes(pid).context("cannot read the server's memory")?;
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(connections);
+    // A few at a time, so the listen backlog is never the limit being measured.
+    for chunk in 0..connections.div_ceil(100) {
+        let mut opening = Vec::new();
+        for i in chunk * 100..((chunk + 1) * 100).min(connections) {
+            let (ws_url, channel) = (ws_url.clone(), format!("{}:{}", common.channel, i % 100));
+            opening.push(tokio::spawn(async move {
+                let mut c = Client::open(&ws_url).await?;
+                c.request(json!({"type": "connect", "user": format!("idle-{i}")}))
+                    .await?;
+                c.subscribe(&channel, None).await?;
+                Ok::<_, herald_client::Error>(c)
+            }));
+        }
+        for o in opening {
+            clients.push(o.await??);
+        }
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(settle).await;
+    let after = rss_bytes(pid).context("cannot read the server's memory")?;
+    let per = after.saturating_sub(before) as f64 / connections as f64;
+    println!(
+        "{connections} idle connections (connected, 1 subscription each) opened in {:.1}s: server RSS {:.1} MiB -> {:.1} MiB, {:.2} KiB per connection",
+        opened.as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per / 1024.0
+    );
+    drop(clients);
     Ok(())
 }
 
