@@ -186,3 +186,76 @@ async fn origins_are_checked_on_the_upgrade() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn an_unavailable_engine_gets_503_and_1011_and_connections_stay_open() {
+    let s = TestServer::with(|c| c.engine.kind = EngineKind::Embedded).await;
+    let mut c = s.connected(None).await;
+    c.subscribe("chat:down", None).await.unwrap();
+    s.node.close_engine().await;
+    let (status, body) = s
+        .post_raw("/api/channels/chat:down/messages", "application/json", "1")
+        .await;
+    assert_eq!((status, body["error"]["code"].clone()), (503, json!(1011)));
+    let (status, _) = s.get("/ready", None).await;
+    assert_eq!(status, 503);
+    let reply = c
+        .request(json!({"type": "publish", "channel": "chat:down", "data": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply["type"].clone(), reply["code"].clone()),
+        (json!("error"), json!(1011))
+    );
+    assert_eq!(
+        c.request(json!({"type": "ping"})).await.unwrap()["type"],
+        "pong",
+        "the connection stays open"
+    );
+    let (status, _) = s.get("/health", None).await;
+    assert_eq!(status, 200, "the process is still up");
+}
+
+#[tokio::test]
+async fn an_embedding_application_uses_the_node_directly() {
+    let s = TestServer::start().await;
+    let mut alice = s.connected(Some("alice")).await;
+    alice.subscribe("venue_updates", None).await.unwrap();
+    // The Rust forms of the seed's broadcastToChannel, sendNotification and getStats.
+    let p = s
+        .node
+        .broadcast("venue_updates", &json!({"id": "v1"}))
+        .await
+        .unwrap();
+    assert_eq!(p.offset, 1);
+    let n = s
+        .node
+        .notify("alice", &json!({"title": "Venue Updated"}))
+        .await
+        .unwrap();
+    assert_eq!(n.offset, 1);
+    assert_eq!(
+        alice.next_push().await.unwrap()["data"],
+        json!({"id": "v1"})
+    );
+    assert_eq!(
+        alice.next_push().await.unwrap()["data"],
+        json!({"title": "Venue Updated"})
+    );
+    let stats = s.node.stats();
+    assert_eq!(
+        (
+            stats.connections,
+            stats.users,
+            stats.channels,
+            stats.messages_in
+        ),
+        (1, 1, 1, 2)
+    );
+    let err = s
+        .node
+        .broadcast("bad channel", &json!(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), herald_protocol::ErrorCode::InvalidChannel);
+}
