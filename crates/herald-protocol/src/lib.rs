@@ -9,6 +9,7 @@ mod codes;
 mod command;
 mod cursor;
 mod frames;
+mod since;
 
 pub use channel::{
     namespace_of, validate_channel, validate_user_id, MAX_CHANNEL_LEN, MAX_USER_ID_LEN,
@@ -19,3 +20,4 @@ pub use cursor::{Cursor, CursorError};
 pub use frames::{
     encode_message_frame, encode_notification_frame, NotificationsState, ServerFrame,
 };
+pub use since::{Since, SinceError, MAX_SINCE_LEN};

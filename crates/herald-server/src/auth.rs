@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use herald_protocol::{validate_user_id, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
@@ -92,7 +93,9 @@ pub struct Claims {
 pub struct Auth {
     key: Option<DecodingKey>,
     validation: Validation,
-    api_keys: Vec<Vec<u8>>,
+    /// SHA-256 of each API key: comparing fixed-size digests leaks neither a
+    /// key's bytes nor its length through timing.
+    api_keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -142,22 +145,25 @@ impl Auth {
         if !config.allow_no_exp {
             required.insert("exp".into());
         }
-        validation.required_spec_claims = required;
+        // jsonwebtoken checks `iss` and `aud` only when a token carries them;
+        // a configured issuer or audience must also be *required*, or a token
+        // that simply leaves the claim out would pass.
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.insert("aud".into());
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
+            required.insert("iss".into());
         }
+        validation.required_spec_claims = required;
         Ok(Self {
             key,
             validation,
-            api_keys: config
-                .api_keys
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
+            api_keys: config.api_keys.iter().map(|k| digest(k)).collect(),
         })
     }
 
@@ -182,11 +188,11 @@ impl Auth {
     }
 
     /// Whether `presented` is one of the configured API keys. Every key is
-    /// compared, in constant time for keys of equal length.
+    /// compared, each in constant time over its digest, whatever matches.
     pub fn is_api_key(&self, presented: &str) -> bool {
-        let presented = presented.as_bytes();
+        let presented = digest(presented);
         self.api_keys.iter().fold(false, |found, key| {
-            found | bool::from(key.as_slice().ct_eq(presented))
+            found | bool::from(key.as_slice().ct_eq(presented.as_slice()))
         })
     }
 
@@ -194,6 +200,10 @@ impl Auth {
     pub fn has_api_keys(&self) -> bool {
         !self.api_keys.is_empty()
     }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Signs an HS256 client token (for `herald token`, tests and dev tooling).
@@ -263,5 +273,41 @@ mod tests {
         assert!(a.is_api_key("api-key-1234"));
         assert!(!a.is_api_key("api-key-1235"));
         assert!(!a.is_api_key(&sign_hs256("0123456789abcdef", &claims("u1", 60)).unwrap()));
+    }
+
+    #[test]
+    fn api_keys_of_any_length_compare_by_digest() {
+        let a = Auth::new(&AuthConfig {
+            api_keys: vec![
+                "short-key".into(),
+                "a-much-longer-api-key-0123456789".into(),
+            ],
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert!(a.is_api_key("short-key") && a.is_api_key("a-much-longer-api-key-0123456789"));
+        for near in [
+            "",
+            "short-ke",
+            "short-key ",
+            "SHORT-KEY",
+            "a-much-longer-api-key-012345678",
+        ] {
+            assert!(!a.is_api_key(near), "{near:?}");
+        }
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required() {
+        let a = Auth::new(&AuthConfig {
+            hmac_secret: Some("0123456789abcdef".into()),
+            issuer: Some("iss-1".into()),
+            audience: Some("aud-1".into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        // `Claims` carries neither `iss` nor `aud`: such a token must not pass.
+        let t = sign_hs256("0123456789abcdef", &claims("u1", 60)).unwrap();
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid);
     }
 }

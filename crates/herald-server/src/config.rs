@@ -105,7 +105,7 @@ pub struct Config {
     pub notifications: RetentionConfig,
     /// Namespaces: extend the built-in ones; one with a built-in's name replaces it.
     pub namespaces: Vec<NamespaceConfig>,
-    /// Serve TLS directly (not built yet).
+    /// Serve TLS (`https://`, `wss://`) directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
 }
@@ -168,6 +168,15 @@ pub struct LimitsConfig {
     pub max_batch_items: usize,
     /// Long-poll requests held at once; past this, polls answer at once.
     pub max_long_poll_waiters: usize,
+    /// Time an HTTP API request (body included) may take before it is
+    /// answered 408; long polls get their `wait` on top of this.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// Time a new connection has to finish its TLS handshake and send its
+    /// request headers, and an idle keep-alive connection to start its next
+    /// request; then the socket is closed. Bounds half-open sockets.
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
     /// Time to let connections drain on shutdown.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
@@ -304,6 +313,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_items: 1000,
             max_long_poll_waiters: 10_000,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -542,11 +553,15 @@ impl Config {
                 "the redis engine is not available in this build yet; use embedded or memory",
             ));
         }
-        if self.tls.is_some() {
-            return Err(invalid(
-                "tls",
-                "TLS is not available in this build yet; terminate TLS in a proxy",
-            ));
+        if l.request_timeout.is_zero() {
+            return Err(invalid("limits.request_timeout", "must be more than 0"));
+        }
+        if l.header_read_timeout.is_zero() {
+            return Err(invalid("limits.header_read_timeout", "must be more than 0"));
+        }
+        if let Some(tls) = &self.tls {
+            // Read and parse now so a bad file is reported before binding.
+            crate::tls::acceptor(tls)?;
         }
         if self.auth.public_key_file.is_some() && self.auth.hmac_secret.is_some() {
             return Err(invalid(
@@ -587,13 +602,14 @@ fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
 const TOP_LEVEL_ENV_KEYS: [&str; 3] = ["listen", "allowed_origins", "dev"];
 
 /// Sections whose keys may be set as `HERALD_<SECTION>_<KEY>`.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 7] = [
     "auth",
     "limits",
     "heartbeat",
     "engine",
     "history",
     "notifications",
+    "tls",
 ];
 
 /// Overlays `HERALD_*` variables onto the file's table. A variable's type is
@@ -658,12 +674,14 @@ fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(
 }
 
 /// Keys that exist but have no default value to copy a type from.
-const OPTIONAL_KEYS: [(&str, &str); 5] = [
+const OPTIONAL_KEYS: [(&str, &str); 7] = [
     ("auth", "hmac_secret"),
     ("auth", "public_key_file"),
     ("auth", "issuer"),
     ("auth", "audience"),
     ("engine", "redis_url"),
+    ("tls", "cert_file"),
+    ("tls", "key_file"),
 ];
 
 fn env_value(raw: &str, example: Option<&toml::Value>) -> Result<toml::Value, String> {
@@ -786,6 +804,9 @@ mod tests {
         assert_eq!(c.heartbeat.ping_interval, Duration::from_secs(25));
         assert_eq!(c.notifications.ttl, Duration::from_secs(30 * 86400));
         assert_eq!(c.engine.kind, EngineKind::Embedded);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert!(c.tls.is_none());
     }
 
     #[test]
@@ -891,6 +912,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("limits.brust"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_and_tls_come_from_env_and_bad_tls_files_name_the_key() {
+        let e = env(&[
+            ("HERALD_LIMITS_REQUEST_TIMEOUT", "5s"),
+            ("HERALD_LIMITS_HEADER_READ_TIMEOUT", "750ms"),
+        ]);
+        let c = Config::load(None, &e, &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.header_read_timeout, Duration::from_millis(750));
+        let e = env(&[
+            ("HERALD_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+            ("HERALD_TLS_KEY_FILE", "/nonexistent/key.pem"),
+        ]);
+        let err = Config::load(None, &e, &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("tls.cert_file"), "{err}");
+        let e = env(&[("HERALD_TLS_CERT_FILE", "/nonexistent/cert.pem")]);
+        let err = Config::load(None, &e, &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("key_file"), "{err}");
+        let e = env(&[("HERALD_LIMITS_REQUEST_TIMEOUT", "0s")]);
+        let err = Config::load(None, &e, &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("limits.request_timeout"), "{err}");
     }
 
     #[test]

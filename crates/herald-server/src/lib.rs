@@ -4,7 +4,8 @@
 //! - [`hub`]: local subscribers and fan-out; [`session`]: one connection.
 //! - [`engine`]: history stores (`embedded` SQLite, `memory`).
 //! - [`http`]: the axum router; [`transport`]: the WebSocket seam.
-//! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain.
+//! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain;
+//!   [`tls`]: rustls termination for `https://` and `wss://`.
 //!
 //! An application can embed Herald: build a [`Config`], [`Server::bind`] it,
 //! and call [`Node::broadcast`] / [`Node::notify`] on [`Server::node`].
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod server;
 mod session;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;

@@ -91,16 +91,8 @@ pub struct Recovery {
     pub messages: Vec<StoredMessage>,
 }
 
-/// Where a poll starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PollSince {
-    /// From the oldest kept message.
-    Oldest,
-    /// After a cursor.
-    Cursor(Cursor),
-    /// After a time (Unix ms).
-    Time(u64),
-}
+/// Where a poll starts: the protocol's parsed `since`.
+pub type PollSince = herald_protocol::Since;
 
 /// One page of a poll.
 #[derive(Debug)]

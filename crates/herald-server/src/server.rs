@@ -4,12 +4,25 @@
 //! 4000, reconnect: true), wait for sessions to finish within
 //! `limits.shutdown_timeout`, then close the engine so every answered publish
 //! is on disk before the process exits.
+//!
+//! The accept loop is ours rather than `axum::serve`'s because the open
+//! internet needs two things it does not offer: a header-read timeout (a
+//! socket that connects and never finishes its request must not hold a task
+//! and a file descriptor forever) and TLS on the same code path as plain
+//! HTTP. Both schemes run the one router through hyper's HTTP/1 server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::{TcpListener, TcpSocket};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::node::{Node, StartError};
@@ -38,13 +51,25 @@ const BACKLOG: u32 = 8192;
 /// File descriptors kept back from the connection ceiling for the store, logs
 /// and HTTP requests.
 const FD_RESERVE: u64 = 64;
+/// Pause after an accept error such as EMFILE, so the loop does not spin
+/// while descriptors are short.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A bound server, ready to run.
-#[derive(Debug)]
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -53,6 +78,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let addr = config.listen_addr()?;
+        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let ceiling = raise_fd_limit();
         let node = Node::new(config)?;
         node.set_connection_ceiling(ceiling);
@@ -74,17 +100,27 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
-        tracing::info!(%addr, connection_ceiling = ceiling, engine = node.stats().engine, "herald bound");
+        tracing::info!(%addr, tls = tls.is_some(), connection_ceiling = ceiling, engine = node.stats().engine, "herald bound");
         Ok(Self {
             node,
             listener,
             addr,
+            tls,
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `"https"` when serving TLS, else `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The node, for embedding applications and tests.
@@ -94,19 +130,60 @@ impl Server {
 
     /// Serves until [`Node::begin_shutdown`], then drains and closes the engine.
     pub async fn run(self) -> std::io::Result<()> {
-        let Self { node, listener, .. } = self;
+        let Self {
+            node,
+            listener,
+            tls,
+            ..
+        } = self;
         let sweeper = spawn_sweeper(&node);
         let app = crate::http::router(node.clone());
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let token = node.shutdown_token().clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let header_timeout = node.config().limits.header_read_timeout;
+        let connections = TaskTracker::new();
+        loop {
+            let tcp = tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    // The peer gave up before we got to it: nothing to do.
+                    Err(e) if is_connection_error(&e) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        }
+                    }
+                },
+            };
+            connections.spawn(serve_connection(
+                tcp,
+                tls.clone(),
+                app.clone(),
+                token.clone(),
+                header_timeout,
+            ));
+        }
+        drop(listener);
+        // In-flight requests finish (long polls see the shutdown and answer);
+        // upgraded WebSockets have left their HTTP connection and are waited
+        // for below through the node's tracker.
+        connections.close();
+        // One deadline for HTTP connections and sessions together.
+        let drain_until = tokio::time::Instant::now() + node.config().limits.shutdown_timeout;
+        if tokio::time::timeout_at(drain_until, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.len(),
+                "shutdown timeout: dropping HTTP connections that did not finish"
+            );
+        }
         let tracker = node.tracker().clone();
         tracker.close();
-        if tokio::time::timeout(node.config().limits.shutdown_timeout, tracker.wait())
+        if tokio::time::timeout_at(drain_until, tracker.wait())
             .await
             .is_err()
         {
@@ -118,7 +195,70 @@ impl Server {
         sweeper.abort();
         node.close_engine().await;
         tracing::info!("herald stopped");
-        served
+        Ok(())
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One accepted socket: the TLS handshake (when configured, bounded by the
+/// header-read timeout so a silent peer can't hold it open), then HTTP/1.
+async fn serve_connection(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    token: CancellationToken,
+    header_timeout: Duration,
+) {
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => serve_http(tcp, app, token, header_timeout).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => r,
+                _ = token.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_http(stream, app, token, header_timeout).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(stream: S, app: Router, token: CancellationToken, header_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The timer is what makes header_read_timeout take effect; hyper runs it
+    // for the first request and whenever a kept-alive connection waits for
+    // its next one, so it also bounds idle keep-alive sockets.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -121,7 +121,9 @@ impl Session {
                 _ = sleep_until(expiry_at.unwrap_or(connect_deadline)), if expiry_at.is_some() => self.on_expiry().await,
                 _ = ping.tick(), if self.identity.is_some() => self.send(ServerFrame::Ping {}).await,
                 Some(first) = self.queue.recv() => self.forward(first).await,
-                inbound = self.socket.recv() => self.on_inbound(inbound).await,
+                // Boxed: command handling is a large future, and keeping it out of the
+                // loop's own state keeps every idle session small.
+                inbound = self.socket.recv() => Box::pin(self.on_inbound(inbound)).await,
             };
             if let Err(stop) = step {
                 return stop;

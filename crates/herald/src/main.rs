@@ -138,7 +138,7 @@ async fn serve(args: ConfigArgs) -> Result<()> {
         node.begin_shutdown();
     });
     // Tests and scripts read this line to learn the port.
-    println!("herald listening on http://{addr}");
+    println!("herald listening on {}://{addr}", server.scheme());
     let _ = std::io::stdout().flush();
     server.run().await.context("server failed")?;
     Ok(())

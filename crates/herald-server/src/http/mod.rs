@@ -7,9 +7,13 @@ pub(crate) mod ops;
 pub(crate) mod poll;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, Method};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use herald_protocol::ErrorCode;
@@ -27,24 +31,39 @@ pub fn router(node: Arc<Node>) -> Router {
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::RETRY_AFTER]);
-    Router::new()
-        .route("/ws", get(crate::transport::ws::upgrade))
+    // Every request is bounded in time, body upload included: a client that
+    // trickles a body, or an engine that stalls, can't hold a task forever.
+    // Long polls get their longest `wait` on top. The WebSocket upgrade is
+    // answered at once; the session after it has its own heartbeat bounds.
+    let limit = node.config().limits.request_timeout;
+    let short = from_fn_with_state(limit, deadline);
+    let long = from_fn_with_state(limit + poll::MAX_WAIT, deadline);
+    let ops = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/realtime-demo", get(ops::demo))
         .route("/api/websocket", get(api::status).post(api::control))
-        .route(
-            "/api/channels/{channel}/messages",
-            get(poll::channel).post(api::publish_channel),
-        )
         .route("/api/users/{user}/notifications", post(api::notify_user))
         .route("/api/batch", post(api::batch))
+        .route_layer(short.clone());
+    let polls = Router::new()
         .route("/api/venues/updates", get(poll::venue_updates))
         .route("/api/venues/{venue}/updates", get(poll::venue))
         .route("/api/venues/{venue}/vibe-checks", get(poll::vibe_checks))
         .route("/api/venues/{venue}/promotions", get(poll::promotions))
         .route("/api/notifications", get(poll::notifications))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/realtime-demo", get(ops::demo))
+        .route_layer(long.clone());
+    Router::new()
+        .route("/ws", get(crate::transport::ws::upgrade))
+        .route(
+            "/api/channels/{channel}/messages",
+            get(poll::channel)
+                .layer(long)
+                .merge(post(api::publish_channel).layer(short)),
+        )
+        .merge(ops)
+        .merge(polls)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -55,6 +74,22 @@ pub fn router(node: Arc<Node>) -> Router {
         })
         .layer(cors)
         .with_state(node)
+}
+
+/// Answers 408 when the request is not done within `limit`.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::BadRequest,
+            format!(
+                "request not completed within {} (limits.request_timeout)",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// The bearer credential of a request, if any.

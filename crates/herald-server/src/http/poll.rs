@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_protocol::{validate_channel, Cursor, ErrorCode};
+use herald_protocol::{validate_channel, ErrorCode};
 
 use super::bearer;
 use super::error::ApiError;
@@ -18,6 +18,8 @@ use crate::node::{Node, PollPage, PollSince};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 const MAX_WAIT_SECS: u64 = 60;
+/// The longest long poll, which the request timeout allows on top.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(MAX_WAIT_SECS);
 
 #[derive(Debug)]
 struct PollParams {
@@ -27,28 +29,9 @@ struct PollParams {
     user: Option<String>,
 }
 
-/// Parses `since` as a cursor, a Unix time in ms, or an RFC 3339 time.
-pub(crate) fn parse_since(raw: &str) -> Result<PollSince, ApiError> {
-    if raw.is_empty() {
-        return Ok(PollSince::Oldest);
-    }
-    if let Ok(cursor) = Cursor::parse(raw) {
-        return Ok(PollSince::Cursor(cursor));
-    }
-    if raw.len() <= 20 && raw.bytes().all(|b| b.is_ascii_digit()) {
-        return raw
-            .parse()
-            .map(PollSince::Time)
-            .map_err(|_| ApiError::bad_request("since is out of range"));
-    }
-    if let Ok(t) = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-    {
-        let ms = (t.unix_timestamp_nanos() / 1_000_000).clamp(0, u64::MAX as i128) as u64;
-        return Ok(PollSince::Time(ms));
-    }
-    Err(ApiError::bad_request(
-        "since must be a cursor (\"epoch:offset\"), Unix milliseconds or an RFC 3339 time",
-    ))
+/// Parses `since` (see [`herald_protocol::Since`]) into a 400 on failure.
+fn parse_since(raw: &str) -> Result<PollSince, ApiError> {
+    PollSince::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn parse_params(query: Option<&str>) -> Result<PollParams, ApiError> {
@@ -275,6 +258,7 @@ pub(crate) async fn notifications(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_protocol::Cursor;
 
     #[test]
     fn since_accepts_cursor_millis_and_rfc3339() {

@@ -18,7 +18,7 @@ use crate::node::Node;
 use herald_protocol::{CloseCode, ErrorCode};
 
 /// Bytes read from the socket at a time; frames larger than this still work.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Bytes of queued frames at which a flush happens even mid-batch.
 const WRITE_BUFFER: usize = 32 * 1024;
 /// Time the goodbye (`disconnect` + close frame) may take before the socket
@@ -131,7 +131,8 @@ impl Socket {
     }
 
     /// Sends `last` (the `disconnect` frame) and a close frame with `code`,
-    /// giving up after [`CLOSE_TIMEOUT`].
+    /// then waits for the client's close (the RFC 6455 closing handshake),
+    /// giving up after [`CLOSE_TIMEOUT`] in all.
     pub(crate) async fn close(mut self, last: Option<Utf8Bytes>, code: CloseCode) {
         let frame = CloseFrame {
             code: code.as_u16(),
@@ -141,7 +142,17 @@ impl Socket {
             if let Some(last) = last {
                 self.0.feed(Message::Text(last)).await?;
             }
-            self.0.send(Message::Close(Some(frame))).await
+            self.0.send(Message::Close(Some(frame))).await?;
+            // Wait for the client's close, discarding what it still sends:
+            // closing a socket with unread input makes the kernel send a
+            // reset, which can destroy the `disconnect` frame in flight (a
+            // flooding client would never learn it was closed for abuse).
+            while let Some(Ok(message)) = self.0.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<(), axum::Error>(())
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     }

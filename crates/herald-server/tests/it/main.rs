@@ -10,3 +10,4 @@ mod lifecycle;
 mod polling;
 mod protocol;
 mod recovery;
+mod security;

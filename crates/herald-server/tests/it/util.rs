@@ -70,6 +70,9 @@ impl TestServer {
         let task = tokio::spawn(server.run());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // Shorter than the server's idle bound (limits.header_read_timeout),
+            // so a pooled connection is never reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_millis(250))
             .build()
             .unwrap();
         Self {
