@@ -105,25 +105,42 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(TokioInstant::now() + hb.ping_interval, hb.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let connect_deadline = TokioInstant::now() + self.node.config().limits.connect_timeout;
+        // The waits live across iterations and are reset only when their
+        // deadline moves: building them anew for every frame would register
+        // and cancel timers and waiters per delivery, the hot path.
+        let connect = sleep_until(TokioInstant::now() + self.node.config().limits.connect_timeout);
+        let silence = sleep_until(TokioInstant::from_std(self.last_seen + silence_limit));
+        let expiry = sleep_until(TokioInstant::now() + silence_limit);
+        let shutdown = self.node.shutdown_token().clone().cancelled_owned();
+        let kicked = {
+            let conn = self.conn.clone();
+            async move { conn.kicked().await }
+        };
+        tokio::pin!(connect, silence, expiry, shutdown, kicked);
         loop {
-            let silence_deadline = TokioInstant::from_std(self.last_seen + silence_limit);
+            let silence_at = TokioInstant::from_std(self.last_seen + silence_limit);
+            if silence.deadline() != silence_at {
+                silence.as_mut().reset(silence_at);
+            }
             let expiry_at = match self.expiry {
                 Expiry::None => None,
                 Expiry::WarnAt(t) | Expiry::CloseAt(t) => Some(TokioInstant::from_std(t)),
             };
+            if let Some(at) = expiry_at.filter(|at| *at != expiry.deadline()) {
+                expiry.as_mut().reset(at);
+            }
             let step = tokio::select! {
                 biased;
-                _ = self.node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
-                code = self.conn.kicked() => Err(Stop::Close(code)),
-                _ = sleep_until(connect_deadline), if self.identity.is_none() => Err(Stop::Close(CloseCode::Unauthorized)),
-                _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
-                _ = sleep_until(expiry_at.unwrap_or(connect_deadline)), if expiry_at.is_some() => self.on_expiry().await,
-                _ = ping.tick(), if self.identity.is_some() => self.send(ServerFrame::Ping {}).await,
+                _ = &mut shutdown => Err(Stop::Close(CloseCode::Shutdown)),
+                code = &mut kicked => Err(Stop::Close(code)),
                 Some(first) = self.queue.recv() => self.forward(first).await,
                 // Boxed: command handling is a large future, and keeping it out of the
                 // loop's own state keeps every idle session small.
                 inbound = self.socket.recv() => Box::pin(self.on_inbound(inbound)).await,
+                _ = &mut connect, if self.identity.is_none() => Err(Stop::Close(CloseCode::Unauthorized)),
+                _ = &mut silence => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+                _ = &mut expiry, if expiry_at.is_some() => self.on_expiry().await,
+                _ = ping.tick(), if self.identity.is_some() => self.send(ServerFrame::Ping {}).await,
             };
             if let Err(stop) = step {
                 return stop;
@@ -148,7 +165,10 @@ impl Session {
         let Session {
             socket, conn, node, ..
         } = self;
+        // Biased, send first: a write that completes at once (the usual case)
+        // never registers the other waits.
         tokio::select! {
+            biased;
             r = socket.send(frames) => r.map_err(|_| Stop::Gone),
             code = conn.kicked() => Err(Stop::Close(code)),
             _ = node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
