@@ -48,6 +48,12 @@ pub enum Event {
     },
 }
 
+/// A text frame or the close, before any parsing.
+enum RawEvent {
+    Text(String),
+    Closed { code: Option<u16>, reason: String },
+}
+
 /// A connection to a Herald server.
 #[derive(Debug)]
 pub struct Client {
@@ -88,81 +94,70 @@ impl Client {
         self.send_text(&command.to_string()).await
     }
 
-    /// The next event from the socket, bypassing the push buffer.
-    pub async fn next_event(&mut self) -> Result<Event, Error> {
-        // One deadline for the call: answered pings must not extend it.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+    /// The next text frame or close before `deadline`, skipping control frames.
+    async fn next_text(&mut self, deadline: tokio::time::Instant) -> Result<RawEvent, Error> {
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return Err(Error::Timeout("a frame".into())),
-                Ok(None) => {
-                    return Ok(Event::Closed {
+                Ok(None)
+                | Ok(Some(Err(
+                    tokio_tungstenite::tungstenite::Error::ConnectionClosed
+                    | tokio_tungstenite::tungstenite::Error::AlreadyClosed,
+                ))) => {
+                    return Ok(RawEvent::Closed {
                         code: None,
                         reason: String::new(),
-                    })
+                    });
                 }
-                Ok(Some(Err(e))) => match e {
-                    tokio_tungstenite::tungstenite::Error::ConnectionClosed
-                    | tokio_tungstenite::tungstenite::Error::AlreadyClosed => {
-                        return Ok(Event::Closed {
-                            code: None,
-                            reason: String::new(),
-                        })
-                    }
-                    other => return Err(other.into()),
-                },
+                Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(Some(Ok(m))) => m,
             };
             match msg {
-                Message::Text(t) => {
-                    let v: Value =
-                        serde_json::from_str(&t).map_err(|_| Error::BadFrame(t.to_string()))?;
-                    if self.auto_pong && v["type"] == "ping" {
-                        self.send(&json!({"type": "pong"})).await?;
-                        continue;
-                    }
-                    return Ok(Event::Frame(v));
-                }
+                Message::Text(t) => return Ok(RawEvent::Text(t.to_string())),
                 Message::Close(frame) => {
                     let (code, reason) = frame
                         .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
                         .unwrap_or((None, String::new()));
-                    return Ok(Event::Closed { code, reason });
+                    return Ok(RawEvent::Closed { code, reason });
                 }
                 _ => continue,
             }
         }
     }
 
+    /// The next event from the socket, bypassing the push buffer.
+    pub async fn next_event(&mut self) -> Result<Event, Error> {
+        // One deadline for the call: answered pings must not extend it.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let text = match self.next_text(deadline).await? {
+                RawEvent::Text(text) => text,
+                RawEvent::Closed { code, reason } => return Ok(Event::Closed { code, reason }),
+            };
+            let v: Value = serde_json::from_str(&text).map_err(|_| Error::BadFrame(text))?;
+            if self.auto_pong && v["type"] == "ping" {
+                self.send(&json!({"type": "pong"})).await?;
+                continue;
+            }
+            return Ok(Event::Frame(v));
+        }
+    }
+
     /// The next text frame as it arrived, unparsed (for load generators,
     /// which must not spend their CPU parsing). Pings are answered when
-    /// `auto_pong` is on (cheaply recognised by prefix); a close is an error.
+    /// `auto_pong` is on (recognised by their exact text); a close is an error.
     pub async fn next_raw(&mut self) -> Result<String, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Err(Error::Timeout("a frame".into())),
-                Ok(None) => {
-                    return Err(Error::Closed {
-                        code: None,
-                        reason: String::new(),
-                    })
+            match self.next_text(deadline).await? {
+                RawEvent::Text(text) => {
+                    if self.auto_pong && text == r#"{"type":"ping"}"# {
+                        self.send(&json!({"type": "pong"})).await?;
+                        continue;
+                    }
+                    return Ok(text);
                 }
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(m))) => m,
-            };
-            match msg {
-                Message::Text(t) if self.auto_pong && t.as_str() == r#"{"type":"ping"}"# => {
-                    self.send(&json!({"type": "pong"})).await?;
-                }
-                Message::Text(t) => return Ok(t.to_string()),
-                Message::Close(frame) => {
-                    let (code, reason) = frame
-                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
-                        .unwrap_or((None, String::new()));
-                    return Err(Error::Closed { code, reason });
-                }
-                _ => {}
+                RawEvent::Closed { code, reason } => return Err(Error::Closed { code, reason }),
             }
         }
     }
