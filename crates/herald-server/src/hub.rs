@@ -1,21 +1,21 @@
 //! The hub: which local connections listen to which stream, and fan-out.
 //!
 //! A committed publication is encoded once into a shared frame and offered to
-//! every subscriber's bounded queue with `try_send`. A full queue never blocks
+//! every subscriber's bounded queue without waiting. A full queue never blocks
 //! delivery to the others: that connection is marked a slow consumer and its
 //! session closes it with 4003 (the client resumes from history). The hub never
 //! drops a message silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use herald_protocol::{encode_message_frame, encode_notification_frame, CloseCode};
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, oneshot, Notify};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, Notify};
+use tungstenite::Utf8Bytes;
 
 use crate::engine::{FanoutSink, Publication};
 use crate::metrics::Metrics;
@@ -44,23 +44,72 @@ pub struct EncodedPub {
 }
 
 /// The hub's side of one connection: its queue and its kill switch.
+///
+/// The queue is a deque under a lock rather than a tokio `mpsc` channel: a
+/// channel allocates about 800 bytes up front for every connection, while an
+/// empty deque allocates nothing, and most connections sit idle.
 #[derive(Debug)]
 pub struct Conn {
     /// Unique on this node.
     pub id: u64,
-    tx: mpsc::Sender<Arc<EncodedPub>>,
+    queue: Mutex<VecDeque<Arc<EncodedPub>>>,
+    capacity: usize,
+    queued: Notify,
     kicked: AtomicU8,
     kick: Notify,
 }
 
+/// A drained queue with more room than this gives it back, so a burst does
+/// not leave an idle connection holding a large buffer.
+const KEPT_QUEUE_CAPACITY: usize = 16;
+
 impl Conn {
-    /// A connection whose session reads from the other end of `tx`.
-    pub fn new(id: u64, tx: mpsc::Sender<Arc<EncodedPub>>) -> Self {
+    /// A connection that queues at most `capacity` frames for its session.
+    pub fn new(id: u64, capacity: usize) -> Self {
         Self {
             id,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            queued: Notify::new(),
             kicked: AtomicU8::new(0),
             kick: Notify::new(),
+        }
+    }
+
+    /// Queues `p`; false when the queue is full.
+    fn try_push(&self, p: Arc<EncodedPub>) -> bool {
+        let mut queue = self.queue.lock();
+        if queue.len() >= self.capacity {
+            return false;
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(p);
+        drop(queue);
+        // A non-empty queue is drained before the session waits again, so
+        // only the first frame needs to wake it. `notify_one` keeps a permit
+        // when the session is not waiting yet, so no wake-up is lost.
+        if was_empty {
+            self.queued.notify_one();
+        }
+        true
+    }
+
+    /// Up to `max` queued frames, oldest first, waiting for at least one.
+    /// Cancel-safe: frames are taken only in the poll that returns them.
+    pub async fn next_batch(&self, max: usize) -> Vec<Arc<EncodedPub>> {
+        loop {
+            {
+                let mut queue = self.queue.lock();
+                if !queue.is_empty() {
+                    let n = queue.len().min(max);
+                    let batch: Vec<_> = queue.drain(..n).collect();
+                    if queue.is_empty() && queue.capacity() > KEPT_QUEUE_CAPACITY {
+                        *queue = VecDeque::new();
+                    }
+                    return batch;
+                }
+            }
+            self.queued.notified().await;
         }
     }
 
@@ -258,17 +307,14 @@ impl Hub {
         });
         let mut sent = 0u64;
         for conn in subs {
-            match conn.tx.try_send(encoded.clone()) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if conn.kick_code().is_none() {
-                        self.metrics.slow_consumer_disconnects.inc();
-                    }
-                    self.metrics.messages_dropped.inc();
-                    conn.kick(CloseCode::SlowConsumer);
+            if conn.try_push(encoded.clone()) {
+                sent += 1;
+            } else {
+                if conn.kick_code().is_none() {
+                    self.metrics.slow_consumer_disconnects.inc();
                 }
-                // The session is ending and will unsubscribe.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                self.metrics.messages_dropped.inc();
+                conn.kick(CloseCode::SlowConsumer);
             }
         }
         self.delivered.fetch_add(sent, Ordering::Relaxed);
@@ -301,22 +347,17 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_is_shared_by_every_subscriber() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (tx1, mut rx1) = mpsc::channel(4);
-        let (tx2, mut rx2) = mpsc::channel(4);
-        let (a, b) = (Arc::new(Conn::new(1, tx1)), Arc::new(Conn::new(2, tx2)));
+        let (a, b) = (Arc::new(Conn::new(1, 4)), Arc::new(Conn::new(2, 4)));
         let stream: Arc<str> = "venue:1".into();
         hub.subscribe(&stream, &a);
         hub.subscribe(&stream, &b);
         hub.deliver(&[publication("venue:1", 1), publication("other", 1)]);
-        let (m1, m2) = (rx1.recv().await.unwrap(), rx2.recv().await.unwrap());
+        let (m1, m2) = (a.next_batch(8).await, b.next_batch(8).await);
         assert!(
-            Arc::ptr_eq(&m1, &m2),
+            Arc::ptr_eq(&m1[0], &m2[0]),
             "both subscribers got the same encoded frame"
         );
-        assert!(
-            rx1.try_recv().is_err(),
-            "nothing from a stream it did not subscribe to"
-        );
+        assert_eq!(m1.len(), 1, "nothing from a stream it did not subscribe to");
         assert_eq!((hub.channel_count(), hub.subscription_count()), (1, 2));
         hub.unsubscribe("venue:1", 1);
         hub.unsubscribe("venue:1", 2);
@@ -326,12 +367,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_kicks_that_connection_only() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (slow_tx, _slow_rx) = mpsc::channel(1);
-        let (fast_tx, mut fast_rx) = mpsc::channel(16);
-        let (slow, fast) = (
-            Arc::new(Conn::new(1, slow_tx)),
-            Arc::new(Conn::new(2, fast_tx)),
-        );
+        let (slow, fast) = (Arc::new(Conn::new(1, 1)), Arc::new(Conn::new(2, 16)));
         let stream: Arc<str> = "c".into();
         hub.subscribe(&stream, &slow);
         hub.subscribe(&stream, &fast);
@@ -340,9 +376,9 @@ mod tests {
         }
         assert_eq!(slow.kicked().await, CloseCode::SlowConsumer);
         assert!(fast.kick_code().is_none());
-        for i in 1..=3 {
-            assert_eq!(fast_rx.recv().await.unwrap().offset, i);
-        }
+        let batch = fast.next_batch(2).await;
+        assert_eq!(batch.iter().map(|p| p.offset).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(fast.next_batch(2).await[0].offset, 3);
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@
 //! internet needs two things it does not offer: a header-read timeout (a
 //! socket that connects and never finishes its request must not hold a task
 //! and a file descriptor forever) and TLS on the same code path as plain
-//! HTTP. Both schemes run the one router through hyper's HTTP/1 server.
+//! HTTP. Both schemes run the one router through hyper's HTTP/1 server,
+//! except WebSocket upgrades, which the loop takes itself before hyper sees
+//! them (see [`crate::transport::ws`]): that keeps hyper's connection state
+//! off every idle socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,7 +142,6 @@ impl Server {
         let sweeper = spawn_sweeper(&node);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
-        let header_timeout = node.config().limits.header_read_timeout;
         let connections = TaskTracker::new();
         loop {
             let tcp = tokio::select! {
@@ -161,14 +163,13 @@ impl Server {
                 tcp,
                 tls.clone(),
                 app.clone(),
-                token.clone(),
-                header_timeout,
+                node.clone(),
             ));
         }
         drop(listener);
         // In-flight requests finish (long polls see the shutdown and answer);
-        // upgraded WebSockets have left their HTTP connection and are waited
-        // for below through the node's tracker.
+        // WebSocket sessions run in tasks of their own and are waited for
+        // below through the node's tracker.
         connections.close();
         // One deadline for HTTP connections and sessions together.
         let drain_until = tokio::time::Instant::now() + node.config().limits.shutdown_timeout;
@@ -209,28 +210,66 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// One accepted socket: the TLS handshake (when configured, bounded by the
-/// header-read timeout so a silent peer can't hold it open), then HTTP/1.
-async fn serve_connection(
-    tcp: TcpStream,
-    tls: Option<TlsAcceptor>,
-    app: Router,
-    token: CancellationToken,
-    header_timeout: Duration,
-) {
+/// header-read timeout so a silent peer can't hold it open), then the first
+/// request head, then a WebSocket session or HTTP/1.
+async fn serve_connection(tcp: TcpStream, tls: Option<TlsAcceptor>, app: Router, node: Arc<Node>) {
     let _ = tcp.set_nodelay(true);
+    let token = node.shutdown_token().clone();
+    let header_timeout = node.config().limits.header_read_timeout;
     match tls {
-        None => serve_http(tcp, app, token, header_timeout).await,
+        None => serve_stream(tcp, app, node).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => r,
                 _ = token.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_http(stream, app, token, header_timeout).await,
+                Ok(Ok(stream)) => serve_stream(stream, app, node).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         }
+    }
+}
+
+/// Reads the first request head (within the header-read timeout, like
+/// hyper's own), takes a WebSocket upgrade to a session task of its own and
+/// leaves anything else to hyper with the head replayed.
+async fn serve_stream<S>(mut stream: S, app: Router, node: Arc<Node>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let token = node.shutdown_token().clone();
+    let header_timeout = node.config().limits.header_read_timeout;
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let head = tokio::select! {
+        r = tokio::time::timeout_at(deadline, crate::transport::head::read(&mut stream)) => r,
+        _ = token.cancelled() => return,
+    };
+    let head = match head {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "reading the request head failed"),
+        Err(_) => return tracing::debug!("request head timed out"),
+    };
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        crate::transport::ws::accept_raw(&node, head, stream),
+    )
+    .await;
+    match accepted {
+        Ok(Ok(Some(socket))) => {
+            // Its own task, so this connection's task (and its state) ends
+            // here; tracked so shutdown can wait for the session's goodbye.
+            let tracker = node.tracker().clone();
+            tracker.spawn(crate::session::run(node, socket));
+        }
+        Ok(Ok(None)) => tracing::debug!("writing the WebSocket handshake failed"),
+        Ok(Err((head, stream))) => {
+            let stream = crate::transport::head::Replay::new(head, stream);
+            serve_http(stream, app, token, header_timeout).await
+        }
+        Err(_) => tracing::debug!("WebSocket handshake timed out"),
     }
 }
 

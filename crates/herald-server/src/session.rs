@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use herald_protocol::{
     encode_message_frame, encode_notification_frame, parse_command, CloseCode, Command,
     CommandError, Cursor, ErrorCode, NotificationsState, ServerFrame,
 };
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant as TokioInstant};
+use tungstenite::Utf8Bytes;
 
 use crate::auth::{unix_now, Identity};
 use crate::hub::{inbox_key, Conn, EncodedPub};
@@ -40,16 +40,21 @@ enum Stop {
 type Step = Result<(), Stop>;
 
 /// Runs a session on an upgraded socket until it closes.
-pub(crate) async fn run(node: Arc<Node>, socket: Socket) {
-    let (tx, queue) = mpsc::channel(node.config().limits.outbound_queue);
-    let conn = Arc::new(Conn::new(node.next_conn_id(), tx));
+///
+/// Not an `async fn`: its arguments would be kept in the future beside the
+/// session they move into, and every idle connection pays for its future's
+/// size. Here they are moved before the future exists.
+pub(crate) fn run(node: Arc<Node>, socket: Socket) -> impl std::future::Future<Output = ()> + Send {
+    let conn = Arc::new(Conn::new(
+        node.next_conn_id(),
+        node.config().limits.outbound_queue,
+    ));
     let limits = &node.config().limits;
     let mut session = Session {
         bucket: TokenBucket::new(limits.commands_per_second, limits.burst),
         node: node.clone(),
         conn,
         socket,
-        queue,
         identity: None,
         slot: None,
         streams: HashMap::new(),
@@ -59,16 +64,20 @@ pub(crate) async fn run(node: Arc<Node>, socket: Socket) {
         strikes: 0,
         last_strike: Instant::now(),
     };
-    let stop = session.run_loop().await;
-    session.leave_all();
-    let Session { socket, .. } = session;
-    if let Stop::Close(code) = stop {
-        let goodbye = ServerFrame::Disconnect {
-            code: code.as_u16(),
-            reason: code.reason(),
-            reconnect: code.reconnect(),
-        };
-        socket.close(Some(goodbye.to_json().into()), code).await;
+    // A block, not an `async fn`, which would copy `session` into its body.
+    async move {
+        let stop = session.run_loop().await;
+        session.leave_all();
+        if let Stop::Close(code) = stop {
+            let goodbye = ServerFrame::Disconnect {
+                code: code.as_u16(),
+                reason: code.reason(),
+                reconnect: code.reconnect(),
+            };
+            // Boxed: the goodbye's state would otherwise widen every idle
+            // session's future.
+            Box::pin(session.socket.close(Some(goodbye.to_json().into()), code)).await;
+        }
     }
 }
 
@@ -84,7 +93,6 @@ struct Session {
     node: Arc<Node>,
     conn: Arc<Conn>,
     socket: Socket,
-    queue: mpsc::Receiver<Arc<EncodedPub>>,
     identity: Option<Identity>,
     slot: Option<SessionSlot>,
     /// Every stream this connection listens to (channels and its inbox), with
@@ -108,39 +116,48 @@ impl Session {
         // The waits live across iterations and are reset only when their
         // deadline moves: building them anew for every frame would register
         // and cancel timers and waiters per delivery, the hot path.
-        let connect = sleep_until(TokioInstant::now() + self.node.config().limits.connect_timeout);
+        let connect_at = TokioInstant::now() + self.node.config().limits.connect_timeout;
+        // One timer for the connect deadline, then for the token's expiry:
+        // they never run together, and every idle session carries its timers.
+        let deadline = sleep_until(connect_at);
         let silence = sleep_until(TokioInstant::from_std(self.last_seen + silence_limit));
-        let expiry = sleep_until(TokioInstant::now() + silence_limit);
         let shutdown = self.node.shutdown_token().clone().cancelled_owned();
         let kicked = {
             let conn = self.conn.clone();
             async move { conn.kicked().await }
         };
-        tokio::pin!(connect, silence, expiry, shutdown, kicked);
+        tokio::pin!(deadline, silence, shutdown, kicked);
         loop {
             let silence_at = TokioInstant::from_std(self.last_seen + silence_limit);
             if silence.deadline() != silence_at {
                 silence.as_mut().reset(silence_at);
             }
-            let expiry_at = match self.expiry {
-                Expiry::None => None,
-                Expiry::WarnAt(t) | Expiry::CloseAt(t) => Some(TokioInstant::from_std(t)),
+            let deadline_at = match (&self.identity, &self.expiry) {
+                (None, _) => Some(connect_at),
+                (Some(_), Expiry::None) => None,
+                (Some(_), Expiry::WarnAt(t) | Expiry::CloseAt(t)) => {
+                    Some(TokioInstant::from_std(*t))
+                }
             };
-            if let Some(at) = expiry_at.filter(|at| *at != expiry.deadline()) {
-                expiry.as_mut().reset(at);
+            if let Some(at) = deadline_at.filter(|at| *at != deadline.deadline()) {
+                deadline.as_mut().reset(at);
             }
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => Err(Stop::Close(CloseCode::Shutdown)),
                 code = &mut kicked => Err(Stop::Close(code)),
-                Some(first) = self.queue.recv() => self.forward(first).await,
+                batch = self.conn.next_batch(MAX_BATCH) => self.forward(batch).await,
                 // Boxed: command handling is a large future, and keeping it out of the
                 // loop's own state keeps every idle session small.
                 inbound = self.socket.recv() => Box::pin(self.on_inbound(inbound)).await,
-                _ = &mut connect, if self.identity.is_none() => Err(Stop::Close(CloseCode::Unauthorized)),
+                _ = &mut deadline, if deadline_at.is_some() => match self.identity {
+                    None => Err(Stop::Close(CloseCode::Unauthorized)),
+                    // Boxed too (rare, and larger than the waits it follows).
+                    Some(_) => Box::pin(self.on_expiry()).await,
+                },
                 _ = &mut silence => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
-                _ = &mut expiry, if expiry_at.is_some() => self.on_expiry().await,
-                _ = ping.tick(), if self.identity.is_some() => self.send(ServerFrame::Ping {}).await,
+                // Boxed too (rare, and larger than the waits they follow).
+                _ = ping.tick(), if self.identity.is_some() => Box::pin(self.send(ServerFrame::Ping {})).await,
             };
             if let Err(stop) = step {
                 return stop;
@@ -165,15 +182,23 @@ impl Session {
         let Session {
             socket, conn, node, ..
         } = self;
-        // Biased, send first: a write that completes at once (the usual case)
-        // never registers the other waits.
-        tokio::select! {
-            biased;
-            r = socket.send(frames) => r.map_err(|_| Stop::Gone),
-            code = conn.kicked() => Err(Stop::Close(code)),
-            _ = node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
-            _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+        let mut send = std::pin::pin!(socket.send(frames));
+        // A write that completes at once (the usual case) never builds the
+        // other waits; the ones that don't wait in a box, so the waits take
+        // no room in every idle session's future.
+        if let Poll::Ready(r) = futures_util::poll!(send.as_mut()) {
+            return r.map_err(|_| Stop::Gone);
         }
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                r = send => r.map_err(|_| Stop::Gone),
+                code = conn.kicked() => Err(Stop::Close(code)),
+                _ = node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
+                _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+            }
+        })
+        .await
     }
 
     async fn send(&mut self, frame: ServerFrame<'_>) -> Step {
@@ -197,14 +222,7 @@ impl Session {
     }
 
     /// Forwards queued publications, skipping any this session already sent.
-    async fn forward(&mut self, first: Arc<EncodedPub>) -> Step {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match self.queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    async fn forward(&mut self, batch: Vec<Arc<EncodedPub>>) -> Step {
         let oldest = batch[0].dispatched_at;
         let mut frames = Vec::with_capacity(batch.len());
         for p in &batch {

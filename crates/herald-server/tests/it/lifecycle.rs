@@ -259,3 +259,53 @@ async fn an_embedding_application_uses_the_node_directly() {
         .unwrap_err();
     assert_eq!(err.code(), herald_protocol::ErrorCode::InvalidChannel);
 }
+
+#[tokio::test]
+async fn an_upgrade_after_a_request_on_the_same_connection_still_works() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    // Upgrades normally bypass hyper; one on a kept-alive connection can't,
+    // and goes through the router instead.
+    let s = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let body_complete = |a: &[u8]| {
+        let text = String::from_utf8_lossy(a);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap();
+        body.len() >= length
+    };
+    while !body_complete(&answer) {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let (mut ws, response) = tokio_tungstenite::client_async(s.ws_url(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text(
+        json!({"type": "connect", "token": token("kept", 60)}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply["type"], "connected", "{reply}");
+}
