@@ -19,6 +19,19 @@ async fn history(http: &reqwest::Client, origin: &str, channel: &str) -> Value {
     .unwrap()
 }
 
+/// POSTs `body` to the server API with the API key; the answer must be 200.
+async fn post_api(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let r = http
+        .post(url)
+        .bearer_auth(API_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn kill_9_loses_no_answered_publish() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,15 +50,8 @@ async fn kill_9_loses_no_answered_publish() {
         tasks.push(tokio::spawn(async move {
             let mut answered = Vec::new();
             for i in 0..40 {
-                let r = http
-                    .post(format!("{origin}/api/channels/d:1/messages"))
-                    .bearer_auth(API_KEY)
-                    .json(&json!({"p": p, "i": i}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let body: Value = r.json().await.unwrap();
+                let url = format!("{origin}/api/channels/d:1/messages");
+                let body = post_api(&http, &url, &json!({"p": p, "i": i})).await;
                 answered.push((
                     body["offset"].as_u64().unwrap(),
                     json!({"p": p, "i": i}),
@@ -55,16 +61,11 @@ async fn kill_9_loses_no_answered_publish() {
             answered
         }));
     }
-    let batch: Value = http
-        .post(format!("{}/api/batch", server.origin))
-        .bearer_auth(API_KEY)
-        .json(&json!({"items": (0..100).map(|i| json!({"action": "notify", "userId": "u1", "data": {"b": i}})).collect::<Vec<_>>()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let items: Vec<Value> = (0..100)
+        .map(|i| json!({"action": "notify", "userId": "u1", "data": {"b": i}}))
+        .collect();
+    let url = format!("{}/api/batch", server.origin);
+    let batch = post_api(&http, &url, &json!({ "items": items })).await;
     assert_eq!(batch["results"].as_array().unwrap().len(), 100);
     let mut answered = Vec::new();
     for t in tasks {
@@ -115,16 +116,8 @@ async fn kill_9_loses_no_answered_publish() {
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 100);
     assert_eq!(inbox["messages"][99]["data"], json!({"b": 99}));
     // And new publishes continue the offsets.
-    let r: Value = http
-        .post(format!("{}/api/channels/d:1/messages", server.origin))
-        .bearer_auth(API_KEY)
-        .json(&json!("after"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/api/channels/d:1/messages", server.origin);
+    let r = post_api(&http, &url, &json!("after")).await;
     assert_eq!(r["offset"], 321);
 }
 
@@ -139,14 +132,8 @@ async fn sigterm_flushes_and_a_restart_has_everything() {
     let mut server = Proc::start(dir.path(), &["--config", &config]);
     let http = reqwest::Client::new();
     for i in 0..20 {
-        let r = http
-            .post(format!("{}/api/channels/d:2/messages", server.origin))
-            .bearer_auth(API_KEY)
-            .json(&json!(i))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let url = format!("{}/api/channels/d:2/messages", server.origin);
+        post_api(&http, &url, &json!(i)).await;
     }
     server.signal("-TERM");
     assert!(server.wait_exit(Duration::from_secs(15)).success());
