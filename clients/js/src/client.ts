@@ -513,7 +513,11 @@ export class RealtimeClient {
     for (const [, p] of this.pending) p.reject({ code: 1010, message: 'connection closed' })
     this.pending.clear()
     if (sock) {
-      sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null
+      sock.onopen = sock.onmessage = sock.onclose = null
+      // Not null: Node's `ws` emits 'error' when a socket that is still
+      // connecting is closed (or its TCP connection resets), and an 'error'
+      // with no listener is an uncaught exception that would crash the app.
+      sock.onerror = () => {}
     }
   }
 

@@ -1,5 +1,6 @@
 /** RealtimeClient against a real Herald process (SPEC §3, §8). */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import WebSocket from 'ws'
 import { RealtimeClient } from '../src/client.js'
 import type { MessageMeta, RealtimeOptions, WebSocketConstructor } from '../src/types.js'
@@ -39,6 +40,30 @@ afterAll(async () => {
 })
 
 describe('RealtimeClient', () => {
+  it('disconnecting while the socket is still connecting raises no uncaught error', async () => {
+    // A listener that accepts TCP and never answers the upgrade: the socket
+    // stays CONNECTING. Node's `ws` emits 'error' when such a socket is
+    // closed; without a listener that is an uncaught exception, which vitest
+    // reports as a failed run.
+    const held: Socket[] = []
+    const silent = createServer((sock) => held.push(sock))
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
+    const { port } = silent.address() as AddressInfo
+    try {
+      const c = client({ url: `ws://127.0.0.1:${port}/ws`, token: makeToken('user-c') })
+      c.connect()
+      await waitFor(() => held.length === 1, 'the TCP connection')
+      expect(c.state).toBe('connecting')
+      c.disconnect()
+      expect(c.state).toBe('disconnected')
+      // Let ws deliver its deferred 'error' (next tick) while the test still runs.
+      await new Promise((r) => setTimeout(r, 50))
+    } finally {
+      for (const sock of held) sock.destroy()
+      await new Promise((r) => silent.close(r))
+    }
+  })
+
   it('connects with a token, reports states, and delivers messages in order with their metadata', async () => {
     const c = client({ token: makeToken('user-1') })
     const states = recordStates(c)
