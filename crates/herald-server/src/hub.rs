@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -165,7 +165,6 @@ pub struct Hub {
     users: AtomicUsize,
     subscriptions: AtomicUsize,
     waiting: AtomicUsize,
-    delivered: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -187,7 +186,6 @@ impl Hub {
             users: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            delivered: AtomicU64::new(0),
         }
     }
 
@@ -275,11 +273,6 @@ impl Hub {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    /// Frames handed to connection queues so far.
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
     fn deliver_one(&self, p: &Publication) {
         let shard_lock = self.shard(&p.stream);
         if self.waiting.load(Ordering::Acquire) > 0 {
@@ -317,7 +310,6 @@ impl Hub {
                 conn.kick(CloseCode::SlowConsumer);
             }
         }
-        self.delivered.fetch_add(sent, Ordering::Relaxed);
         self.metrics.messages_delivered.inc_by(sent);
     }
 }

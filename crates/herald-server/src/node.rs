@@ -174,7 +174,6 @@ pub struct Node {
     next_conn: AtomicU64,
     connections: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
-    messages_in: AtomicU64,
     connection_ceiling: AtomicU64,
 }
 
@@ -260,7 +259,6 @@ impl Node {
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
-            messages_in: AtomicU64::new(0),
             connection_ceiling: AtomicU64::new(0),
         }))
     }
@@ -479,7 +477,6 @@ impl Node {
         let n = requests.len() as u64;
         match self.engine.publish(requests).await {
             Ok(pubs) => {
-                self.messages_in.fetch_add(n, Ordering::Relaxed);
                 self.metrics.messages_published.inc_by(n);
                 Ok(pubs)
             }
@@ -613,8 +610,9 @@ impl Node {
             users: self.hub.user_count(),
             channels: self.hub.channel_count(),
             subscriptions: self.hub.subscription_count(),
-            messages_in: self.messages_in.load(Ordering::Relaxed),
-            messages_out: self.hub.delivered(),
+            // The metrics' counters are the one record of both.
+            messages_in: self.metrics.messages_published.get(),
+            messages_out: self.metrics.messages_delivered.get(),
             engine: self.engine.name(),
             connection_ceiling: self.connection_ceiling.load(Ordering::Relaxed),
         }
