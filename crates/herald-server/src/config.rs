@@ -135,6 +135,9 @@ pub struct AuthConfig {
     /// token expired; then it is closed with 4005.
     #[serde(with = "duration_str")]
     pub refresh_grace: Duration,
+    /// Largest token accepted (connect, refresh, `Authorization`); larger
+    /// ones are refused before any signature check (1001 / 401).
+    pub max_token_bytes: usize,
 }
 
 /// `[limits]`
@@ -180,6 +183,46 @@ pub struct LimitsConfig {
     /// Time to let connections drain on shutdown.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
+    /// Bytes queued for one connection (live frames and replay pages) before
+    /// it is closed as a slow consumer; bounds memory together with
+    /// `outbound_queue`.
+    pub outbound_queue_bytes: usize,
+    /// Time any write (an HTTP response, a WebSocket flush) may stay stuck
+    /// on a peer that does not read; then the connection is dropped.
+    #[serde(with = "duration_str")]
+    pub write_timeout: Duration,
+    /// Bytes of message data in one poll page or one replay page; the page
+    /// ends early (`more: true`) rather than grow past it.
+    pub max_page_bytes: usize,
+    /// Channels the engine keeps at once; publishing to a new channel past
+    /// it is refused (1004 / 429).
+    pub max_channels: usize,
+    /// Bytes of message data the engine keeps in history and inboxes, all
+    /// streams together; publishing past it is refused (1004 / 429).
+    pub max_history_bytes: u64,
+    /// Client publishes one user may make per second, over all its connections.
+    pub client_publishes_per_second: u32,
+    /// Client publishes one user may make in a burst.
+    pub client_publish_burst: u32,
+    /// Sustained poll requests per second per user (per IP when anonymous).
+    pub poll_requests_per_second: u32,
+    /// Poll requests one user (or anonymous IP) may make in a burst.
+    pub poll_burst: u32,
+    /// How long an idempotency key answers with its original publication.
+    #[serde(with = "duration_str")]
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered at once; the oldest are forgotten first.
+    pub max_idempotency_keys: usize,
+    /// Sockets one address may hold without a credential (SPEC §4).
+    pub max_connections_per_ip: usize,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` / `Forwarded`
+    /// header names the client's address.
+    pub trusted_proxies: Vec<String>,
+    /// Deepest nesting of arrays and objects accepted in message `data`.
+    pub max_json_depth: usize,
+    /// Time a fragmented WebSocket message may take to complete.
+    #[serde(with = "duration_str")]
+    pub fragment_timeout: Duration,
 }
 
 /// `[heartbeat]`
@@ -206,6 +249,9 @@ pub struct EngineConfig {
     pub redis_url: Option<String>,
     /// Durability of the embedded store.
     pub sync: SyncMode,
+    /// How often expired messages and empty streams are removed.
+    #[serde(with = "duration_str")]
+    pub sweep_interval: Duration,
 }
 
 /// `[history]` and `[notifications]`: how much of a stream is kept.
@@ -293,6 +339,7 @@ impl Default for AuthConfig {
             allow_no_exp: false,
             leeway: Duration::from_secs(5),
             refresh_grace: Duration::from_secs(30),
+            max_token_bytes: 8192,
         }
     }
 }
@@ -316,6 +363,21 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            outbound_queue_bytes: 1_048_576,
+            write_timeout: Duration::from_secs(30),
+            max_page_bytes: 1_048_576,
+            max_channels: 1_000_000,
+            max_history_bytes: 1 << 30,
+            client_publishes_per_second: 10,
+            client_publish_burst: 20,
+            poll_requests_per_second: 20,
+            poll_burst: 60,
+            idempotency_window: Duration::from_secs(300),
+            max_idempotency_keys: 100_000,
+            max_connections_per_ip: 1000,
+            trusted_proxies: Vec::new(),
+            max_json_depth: 32,
+            fragment_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -336,6 +398,7 @@ impl Default for EngineConfig {
             path: PathBuf::from("herald-data"),
             redis_url: None,
             sync: SyncMode::Full,
+            sweep_interval: Duration::from_secs(30),
         }
     }
 }
@@ -552,6 +615,65 @@ impl Config {
                 "engine.kind",
                 "the redis engine is not available in this build yet; use embedded or memory",
             ));
+        }
+        for (key, value) in [
+            ("limits.max_channels", l.max_channels),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_json_depth", l.max_json_depth),
+            ("limits.max_idempotency_keys", l.max_idempotency_keys),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, rate, burst) in [
+            (
+                "limits.client_publishes_per_second",
+                l.client_publishes_per_second,
+                l.client_publish_burst,
+            ),
+            (
+                "limits.poll_requests_per_second",
+                l.poll_requests_per_second,
+                l.poll_burst,
+            ),
+        ] {
+            if rate == 0 || burst == 0 {
+                return Err(invalid(key, "rate and burst must be at least 1"));
+            }
+        }
+        // A frame of the largest message (plus its envelope) must fit, or a
+        // healthy subscriber would be closed as a slow consumer.
+        if l.outbound_queue_bytes < l.max_message_bytes + 1024 {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be at least limits.max_message_bytes + 1024",
+            ));
+        }
+        if l.max_page_bytes < l.max_message_bytes {
+            return Err(invalid(
+                "limits.max_page_bytes",
+                "must be at least limits.max_message_bytes",
+            ));
+        }
+        if l.max_history_bytes < l.max_message_bytes as u64 {
+            return Err(invalid(
+                "limits.max_history_bytes",
+                "must be at least limits.max_message_bytes",
+            ));
+        }
+        for (key, d) in [
+            ("limits.write_timeout", l.write_timeout),
+            ("limits.fragment_timeout", l.fragment_timeout),
+            ("limits.idempotency_window", l.idempotency_window),
+            ("engine.sweep_interval", self.engine.sweep_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if self.auth.max_token_bytes < 64 {
+            return Err(invalid("auth.max_token_bytes", "must be at least 64"));
         }
         if l.request_timeout.is_zero() {
             return Err(invalid("limits.request_timeout", "must be more than 0"));

@@ -594,7 +594,7 @@ impl Node {
         limit: usize,
     ) -> Result<crate::engine::HistoryPage, EngineError> {
         self.engine
-            .history(stream, from, limit)
+            .history(stream, from, limit, usize::MAX)
             .await
             .inspect_err(|_| {
                 self.metrics.engine_errors.inc();

@@ -147,7 +147,7 @@ impl Server {
             let tcp = tokio::select! {
                 _ = token.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok((tcp, peer)) => (tcp, peer),
                     // The peer gave up before we got to it: nothing to do.
                     Err(e) if is_connection_error(&e) => continue,
                     Err(e) => {
@@ -159,8 +159,10 @@ impl Server {
                     }
                 },
             };
+            let (tcp, peer) = tcp;
             connections.spawn(serve_connection(
                 tcp,
+                PeerAddr(peer),
                 tls.clone(),
                 app.clone(),
                 node.clone(),
@@ -212,19 +214,25 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// One accepted socket: the TLS handshake (when configured, bounded by the
 /// header-read timeout so a silent peer can't hold it open), then the first
 /// request head, then a WebSocket session or HTTP/1.
-async fn serve_connection(tcp: TcpStream, tls: Option<TlsAcceptor>, app: Router, node: Arc<Node>) {
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: PeerAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    node: Arc<Node>,
+) {
     let _ = tcp.set_nodelay(true);
     let token = node.shutdown_token().clone();
     let header_timeout = node.config().limits.header_read_timeout;
     match tls {
-        None => serve_stream(tcp, app, node).await,
+        None => serve_stream(tcp, peer, app, node).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => r,
                 _ = token.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_stream(stream, app, node).await,
+                Ok(Ok(stream)) => serve_stream(stream, peer, app, node).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -235,7 +243,7 @@ async fn serve_connection(tcp: TcpStream, tls: Option<TlsAcceptor>, app: Router,
 /// Reads the first request head (within the header-read timeout, like
 /// hyper's own), takes a WebSocket upgrade to a session task of its own and
 /// leaves anything else to hyper with the head replayed.
-async fn serve_stream<S>(mut stream: S, app: Router, node: Arc<Node>)
+async fn serve_stream<S>(mut stream: S, peer: PeerAddr, app: Router, node: Arc<Node>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -267,14 +275,19 @@ where
         Ok(Ok(None)) => tracing::debug!("writing the WebSocket handshake failed"),
         Ok(Err((head, stream))) => {
             let stream = crate::transport::head::Replay::new(head, stream);
-            serve_http(stream, app, token, header_timeout).await
+            serve_http(stream, peer, app, token, header_timeout).await
         }
         Err(_) => tracing::debug!("WebSocket handshake timed out"),
     }
 }
 
-async fn serve_http<S>(stream: S, app: Router, token: CancellationToken, header_timeout: Duration)
-where
+async fn serve_http<S>(
+    stream: S,
+    peer: PeerAddr,
+    app: Router,
+    token: CancellationToken,
+    header_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -285,7 +298,10 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(WithPeer { peer, app }),
+        )
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -298,6 +314,44 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// The address of the peer that opened a connection, attached to every
+/// request it carries (`request.extensions().get::<PeerAddr>()`): per-address
+/// limits and logs need it, and axum's `ConnectInfo` exists only under
+/// `axum::serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The router with the connection's [`PeerAddr`] put into each request.
+/// A wrapper rather than `Router::layer`, which would rebuild the router's
+/// routes for every connection.
+#[derive(Clone)]
+struct WithPeer {
+    peer: PeerAddr,
+    app: Router,
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for WithPeer
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<axum::http::Request<B>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.peer);
+        self.app.call(request)
     }
 }
 

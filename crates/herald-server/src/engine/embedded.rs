@@ -173,6 +173,7 @@ fn read_history(
     stream: &str,
     from: HistoryFrom,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<HistoryPage, EngineError> {
     let now = unix_millis() as i64;
     // One read transaction: position and page come from the same snapshot.
@@ -204,8 +205,16 @@ fn read_history(
                 })
             })
             .map_err(db_err)?;
+        // Rows are read one at a time, so the byte cap also bounds what is
+        // read out of the store, not only what is returned.
+        let mut total = 0usize;
         for row in rows {
-            messages.push(row.map_err(db_err)?);
+            let m = row.map_err(db_err)?;
+            total = total.saturating_add(m.data.len());
+            if total > max_bytes && !messages.is_empty() {
+                break;
+            }
+            messages.push(m);
         }
     }
     Ok(HistoryPage {
@@ -249,6 +258,7 @@ impl Engine for EmbeddedEngine {
         stream: &str,
         from: HistoryFrom,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, EngineError> {
         let readers = self.readers.clone();
         let path = self.path.clone();
@@ -260,7 +270,7 @@ impl Engine for EmbeddedEngine {
                 Some(c) => c,
                 None => Self::open_reader(&path)?,
             };
-            let result = read_history(&mut conn, &epoch, &stream, from, limit);
+            let result = read_history(&mut conn, &epoch, &stream, from, limit, max_bytes);
             let mut pool = readers.lock();
             if pool.len() < READERS {
                 pool.push(conn);
@@ -479,7 +489,10 @@ mod tests {
         let next = engine.publish(vec![r]).await.unwrap();
         assert_eq!(next[0].offset, 3);
         assert_eq!(next[0].epoch, first[0].epoch);
-        let page = engine.history("s", HistoryFrom::Oldest, 10).await.unwrap();
+        let page = engine
+            .history("s", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(page.messages.len(), 3);
         assert_eq!(&*page.messages[0].data, "{\"n\":1}");
         engine.close().await;

@@ -115,6 +115,7 @@ impl Engine for MemoryEngine {
         stream: &str,
         from: HistoryFrom,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, EngineError> {
         let mut shard = self.shard(stream).lock();
         let Some(s) = shard.get_mut(stream) else {
@@ -127,21 +128,22 @@ impl Engine for MemoryEngine {
             });
         };
         s.drop_expired(unix_millis());
-        let messages = s
-            .kept
-            .iter()
-            .filter(|m| match from {
-                HistoryFrom::Oldest => true,
-                HistoryFrom::AfterOffset(o) => m.offset > o,
-                HistoryFrom::AfterTime(t) => m.ts > t,
-            })
-            .take(limit)
-            .map(|m| StoredMessage {
-                offset: m.offset,
-                ts: m.ts,
-                data: m.data.clone(),
-            })
-            .collect();
+        let messages = within_bytes(
+            s.kept
+                .iter()
+                .filter(|m| match from {
+                    HistoryFrom::Oldest => true,
+                    HistoryFrom::AfterOffset(o) => m.offset > o,
+                    HistoryFrom::AfterTime(t) => m.ts > t,
+                })
+                .take(limit)
+                .map(|m| StoredMessage {
+                    offset: m.offset,
+                    ts: m.ts,
+                    data: m.data.clone(),
+                }),
+            max_bytes,
+        );
         Ok(HistoryPage {
             epoch: self.epoch.clone(),
             top: s.top,

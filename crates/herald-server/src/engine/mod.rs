@@ -112,12 +112,16 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     async fn publish(&self, requests: Vec<PublishRequest>)
         -> Result<Vec<Publication>, EngineError>;
 
-    /// Reads a stream's position and up to `limit` messages from `from`.
+    /// Reads a stream's position and up to `limit` messages from `from`,
+    /// stopping before the message that would take the page's data past
+    /// `max_bytes` (the first message is always included, so a page is never
+    /// empty while messages remain).
     async fn history(
         &self,
         stream: &str,
         from: HistoryFrom,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, EngineError>;
 
     /// Whether the engine can take publishes now.
@@ -125,6 +129,24 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Finishes pending writes and releases the store.
     async fn close(&self);
+}
+
+/// Keeps the messages of `messages` (in order) that fit in `max_bytes` of
+/// data, always at least the first: the byte cap of [`Engine::history`].
+pub(crate) fn within_bytes<I: Iterator<Item = StoredMessage>>(
+    messages: I,
+    max_bytes: usize,
+) -> Vec<StoredMessage> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for m in messages {
+        total = total.saturating_add(m.data.len());
+        if total > max_bytes && !out.is_empty() {
+            break;
+        }
+        out.push(m);
+    }
+    out
 }
 
 /// The ts for the next message: now, but never before the stream's last one,
@@ -174,7 +196,7 @@ pub(crate) mod contract {
         sink: &Recorder,
     ) {
         let empty = engine
-            .history("fresh", HistoryFrom::Oldest, 10)
+            .history("fresh", HistoryFrom::Oldest, 10, usize::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -196,7 +218,10 @@ pub(crate) mod contract {
             pubs[0].epoch, empty.epoch,
             "an unpublished stream's epoch stays valid after its first publish"
         );
-        let page = engine.history("a", HistoryFrom::Oldest, 100).await.unwrap();
+        let page = engine
+            .history("a", HistoryFrom::Oldest, 100, usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(page.top, 7);
         assert_eq!(
             page.first_kept, 3,
@@ -206,7 +231,7 @@ pub(crate) mod contract {
         assert_eq!(kept, vec![3, 4, 5, 6, 7]);
         assert_eq!(&*page.messages[0].data, "3");
         let after = engine
-            .history("a", HistoryFrom::AfterOffset(5), 1)
+            .history("a", HistoryFrom::AfterOffset(5), 1, usize::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -214,10 +239,29 @@ pub(crate) mod contract {
             vec![6]
         );
         let by_time = engine
-            .history("a", HistoryFrom::AfterTime(page.messages[4].ts), 10)
+            .history(
+                "a",
+                HistoryFrom::AfterTime(page.messages[4].ts),
+                10,
+                usize::MAX,
+            )
             .await
             .unwrap();
         assert!(by_time.messages.is_empty());
+        // The byte cap: each message here is one byte of data.
+        let capped = engine
+            .history("a", HistoryFrom::Oldest, 100, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            capped.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        let one = engine
+            .history("a", HistoryFrom::Oldest, 100, 0)
+            .await
+            .unwrap();
+        assert_eq!(one.messages.len(), 1, "a page always holds one message");
         let delivered = sink.0.lock().clone();
         assert_eq!(delivered.len(), 8);
         assert_eq!(delivered[6], ("a".to_string(), 7));
@@ -234,7 +278,10 @@ pub(crate) mod contract {
         };
         engine.publish(vec![r.clone(), r]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let page = engine.history("t", HistoryFrom::Oldest, 10).await.unwrap();
+        let page = engine
+            .history("t", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
         assert_eq!((page.top, page.first_kept, page.messages.len()), (2, 3, 0));
     }
 }
