@@ -275,6 +275,10 @@ where
         Ok(Ok(None)) => tracing::debug!("writing the WebSocket handshake failed"),
         Ok(Err((head, stream))) => {
             let stream = crate::transport::head::Replay::new(head, stream);
+            let stream = crate::write_deadline::WriteDeadline::new(
+                stream,
+                node.config().limits.write_timeout,
+            );
             serve_http(stream, peer, app, token, header_timeout).await
         }
         Err(_) => tracing::debug!("WebSocket handshake timed out"),

@@ -2,7 +2,9 @@
 //! and the WebSocket upgrade, in one axum router.
 
 pub(crate) mod api;
+mod batch_body;
 pub mod error;
+mod extract;
 pub(crate) mod ops;
 pub(crate) mod poll;
 
@@ -118,6 +120,18 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     body: axum::body::Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    let bytes = json_bytes(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("body is not valid JSON for this endpoint: {e}"))
+    })
+}
+
+/// The bytes of a JSON body, unparsed: checks the content type and the size.
+pub(crate) async fn json_bytes(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -130,14 +144,11 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
             "Content-Type must be application/json",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MessageTooLarge,
             format!("request body is larger than {limit} bytes"),
         )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("body is not valid JSON for this endpoint: {e}"))
     })
 }

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::{validate_channel, ErrorCode};
 
 use super::bearer;
 use super::error::ApiError;
+use super::extract::ChannelPath;
 use crate::auth::Identity;
 use crate::hub::inbox_key;
 use crate::node::{Node, PollPage, PollSince};
@@ -115,19 +116,19 @@ async fn long_poll(
     let Ok(_permit) = node.long_polls.clone().try_acquire_owned() else {
         return Ok(page);
     };
+    // The waiter leaves the hub when dropped, on every path out of here:
+    // answered, timed out, or the client hung up and this future was dropped.
     let woken = node.hub.wait(stream);
     let page = node.poll(stream, &params.since, params.limit).await?;
     if !page.messages.is_empty() {
-        node.hub.prune_waiters(stream);
         return Ok(page);
     }
     let arrived = tokio::select! {
-        r = woken => r.is_ok(),
+        fired = woken => fired,
         _ = tokio::time::sleep(params.wait) => false,
         _ = node.shutdown_token().cancelled() => false,
     };
     if !arrived {
-        node.hub.prune_waiters(stream);
         return Ok(page);
     }
     Ok(node.poll(stream, &params.since, params.limit).await?)
@@ -189,7 +190,7 @@ async fn poll_channel(
 /// `GET /api/channels/{channel}/messages`
 pub(crate) async fn channel(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
+    ChannelPath(channel): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -208,7 +209,7 @@ pub(crate) async fn venue_updates(
 /// `GET /api/venues/{venueId}/updates` → `venue:{venueId}`
 pub(crate) async fn venue(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -218,7 +219,7 @@ pub(crate) async fn venue(
 /// `GET /api/venues/{venueId}/vibe-checks` → `vibe_checks:{venueId}`
 pub(crate) async fn vibe_checks(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -228,7 +229,7 @@ pub(crate) async fn vibe_checks(
 /// `GET /api/venues/{venueId}/promotions` → `promotions:{venueId}`
 pub(crate) async fn promotions(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
