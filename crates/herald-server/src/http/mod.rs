@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 pub(crate) mod ops;
 pub(crate) mod poll;
+mod poll_limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,15 @@ pub fn router(node: Arc<Node>) -> Router {
     // trickles a body, or an engine that stalls, can't hold a task forever.
     // Long polls get their longest `wait` on top. The WebSocket upgrade is
     // answered at once; the session after it has its own heartbeat bounds.
-    let limit = node.config().limits.request_timeout;
+    let limits = &node.config().limits;
+    let poll_limiter = Arc::new(poll_limit::PollLimiter::new(
+        limits.poll_requests_per_second,
+        limits.poll_burst,
+        poll_limit::MAX_KEYS,
+        node.metrics.poll_rate_keys.clone(),
+        node.metrics.poll_rate_limited.clone(),
+    ));
+    let limit = limits.request_timeout;
     let short = from_fn_with_state(limit, deadline);
     let long = from_fn_with_state(limit + poll::MAX_WAIT, deadline);
     let ops = Router::new()
@@ -74,6 +83,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed",
             )
         })
+        .layer(axum::Extension(poll_limiter))
         .layer(cors)
         .with_state(node)
 }

@@ -12,6 +12,7 @@ use herald_protocol::{validate_channel, ErrorCode};
 use super::bearer;
 use super::error::ApiError;
 use super::extract::ChannelPath;
+use super::poll_limit::PollGate;
 use crate::auth::Identity;
 use crate::hub::inbox_key;
 use crate::node::{Node, PollPage, PollSince};
@@ -177,10 +178,12 @@ async fn poll_channel(
     channel: String,
     headers: HeaderMap,
     query: Option<String>,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
     let params = parse_params(query.as_deref())?;
     let who = identity(&node, &headers, params.user.clone())?;
+    gate.admit(&who)?;
     node.check_subscribe(&who, &channel)?;
     let stream: Arc<str> = channel.into();
     let page = long_poll(&node, &stream, &params).await?;
@@ -193,8 +196,9 @@ pub(crate) async fn channel(
     ChannelPath(channel): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, channel, headers, q).await
+    poll_channel(node, channel, headers, q, gate).await
 }
 
 /// `GET /api/venues/updates` → `venue_updates`
@@ -202,8 +206,9 @@ pub(crate) async fn venue_updates(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, "venue_updates".into(), headers, q).await
+    poll_channel(node, "venue_updates".into(), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/updates` → `venue:{venueId}`
@@ -212,8 +217,9 @@ pub(crate) async fn venue(
     ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("venue:{venue}"), headers, q).await
+    poll_channel(node, format!("venue:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/vibe-checks` → `vibe_checks:{venueId}`
@@ -222,8 +228,9 @@ pub(crate) async fn vibe_checks(
     ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("vibe_checks:{venue}"), headers, q).await
+    poll_channel(node, format!("vibe_checks:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/promotions` → `promotions:{venueId}`
@@ -232,8 +239,9 @@ pub(crate) async fn promotions(
     ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("promotions:{venue}"), headers, q).await
+    poll_channel(node, format!("promotions:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/notifications`: the caller's own inbox, never anyone else's.
@@ -241,9 +249,11 @@ pub(crate) async fn notifications(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
     let params = parse_params(q.as_deref())?;
     let who = identity(&node, &headers, params.user.clone())?;
+    gate.admit(&who)?;
     let Some(user) = who.user else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
