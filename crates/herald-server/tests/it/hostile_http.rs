@@ -346,6 +346,8 @@ async fn unreadable_path_segments_get_json_errors() {
         ("/api/channels/%FF/messages", 1003),
         ("/api/venues/%FF/updates", 1003),
         ("/api/venues/%C3%28/promotions", 1003),
+        ("/api/channels/chat:x/messages?since=%FF", 1000),
+        ("/api/notifications?limit=%FF", 1000),
     ] {
         let (status, body) = s.get(path, None).await;
         assert_eq!(
