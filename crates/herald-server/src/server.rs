@@ -12,7 +12,9 @@
 //! HTTP. Both schemes run the one router through hyper's HTTP/1 server,
 //! except WebSocket upgrades, which the loop takes itself before hyper sees
 //! them (see [`crate::transport::ws`]): that keeps hyper's connection state
-//! off every idle socket.
+//! off every idle socket. Hyper has no write timeout either, so its IO is
+//! wrapped in [`crate::write_deadline`]: a response nobody reads is dropped
+//! after `limits.write_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
