@@ -13,7 +13,7 @@
 //! except WebSocket upgrades, which the loop takes itself before hyper sees
 //! them (see [`crate::transport::ws`]): that keeps hyper's connection state
 //! off every idle socket. Hyper has no write timeout either, so its IO is
-//! wrapped in [`crate::write_deadline`]: a response nobody reads is dropped
+//! wrapped in `write_deadline::WriteDeadline`: a response nobody reads is dropped
 //! after `limits.write_timeout`.
 
 use std::net::SocketAddr;
