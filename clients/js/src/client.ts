@@ -93,6 +93,7 @@ export class RealtimeClient {
       | 'pollInterval'
       | 'longPollWait'
       | 'maxLongPolls'
+      | 'minPollGap'
       | 'connectTimeout'
     >
   > &
@@ -139,6 +140,7 @@ export class RealtimeClient {
       pollInterval: 30_000,
       longPollWait: 25,
       maxLongPolls: 4,
+      minPollGap: 1000,
       connectTimeout: 10_000,
       ...options,
       apiUrl: (options.apiUrl ?? defaultApiUrl(options.url)).replace(/\/+$/, ''),

@@ -8,6 +8,12 @@
  * socket that reaches `connected` stops every poll (in-flight ones are aborted
  * and their late answers dropped) before the resubscribes carry the cursors,
  * so nothing is lost or delivered twice across the switch.
+ *
+ * Polling stays well under the server's per-user poll rate limit: polls of
+ * one stream start at least `minPollGap` apart (a busy channel's messages are
+ * gathered into one page rather than fetched one request each), pages ask for
+ * up to 1000 messages, and a 429 makes that stream wait its `Retry-After`
+ * before polling again from the same cursor, so nothing is skipped.
  */
 import { backoffDelay } from './backoff.js'
 import { RealtimeClient, type PollAnswer } from './client.js'
@@ -90,7 +96,8 @@ export class RealtimeService extends RealtimeClient {
   private pollUrl(channel: string | null, since: string | null, wait: number, token: string | null): string {
     // Channel names are limited to characters valid in a path segment.
     const path = channel === null ? '/api/notifications' : `/api/channels/${channel}/messages`
-    const q: string[] = []
+    // The largest page the server gives: a backlog takes few requests.
+    const q: string[] = ['limit=1000']
     if (since) q.push(`since=${encodeURIComponent(since)}`)
     if (wait > 0) q.push(`wait=${wait}`)
     // Dev mode: the inbox of a user named without a token.
@@ -100,10 +107,18 @@ export class RealtimeService extends RealtimeClient {
 
   /** Polls one stream until it is stopped. Every wait is bounded and abortable. */
   private async runLoop(channel: string | null, loop: PollLoop): Promise<void> {
-    const { pollInterval, longPollWait, minReconnectDelay, maxReconnectDelay } = this.options
+    const { pollInterval, longPollWait, minReconnectDelay, maxReconnectDelay, minPollGap } = this.options
     let errors = 0
     let authRetried = false
+    let lastStart = -Infinity
+    let minGap = minPollGap
     while (!loop.stopped) {
+      const gap = lastStart + minGap - Date.now()
+      if (gap > 0) {
+        await this.sleep(loop, gap)
+        if (loop.stopped) return
+      }
+      lastStart = Date.now()
       const since = this.pollSince(channel)
       if (since === null) return
       const sinceIsCursor = this.hasCursor(channel)
@@ -133,7 +148,11 @@ export class RealtimeService extends RealtimeClient {
           return
         }
         if (!res.ok) {
+          // 429 (poll rate limit) and 503 say when to come back; the cursor
+          // has not moved, so the retry resumes exactly where this one was.
           const retryAfter = Number(res.headers.get('retry-after'))
+          // Read the (error) body so the connection goes back to the pool.
+          await res.json().catch(() => null)
           errors++
           await this.sleep(
             loop,
@@ -152,6 +171,9 @@ export class RealtimeService extends RealtimeClient {
       errors = 0
       authRetried = false
       this.deliverPolled(channel, sinceIsCursor ? since : null, answer)
+      // The rest of a backlog comes sooner, but still paced: a stream that
+      // always has more (a channel faster than a page) can't spin.
+      minGap = answer.more ? minPollGap / 4 : minPollGap
       if (answer.more) continue
       const held = Date.now() - started
       // A server that answered an empty poll at once does not hold long polls:

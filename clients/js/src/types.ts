@@ -95,6 +95,15 @@ export interface RealtimeOptions {
    * than this, every stream polls every `pollInterval` instead.
    */
   maxLongPolls?: number
+  /**
+   * Least time in ms between the starts of two polls of one stream (default
+   * 1000). A busy channel's long poll returns at every message; waiting this
+   * long before the next gathers what arrives meanwhile into one page, so a
+   * channel at 10 messages/s costs about one request per second, well under
+   * the server's poll rate limit (`limits.poll_requests_per_second`, 20 by
+   * default) even with many streams.
+   */
+  minPollGap?: number
   /** The jitter source, a function returning [0, 1) (default Math.random). */
   random?: () => number
   /** Ms to wait for `connected` after opening a socket before giving up on it (default 10000). */

@@ -150,6 +150,36 @@ impl Conn {
     }
 }
 
+/// A long poll's place in the hub: resolves (true) at the next publication
+/// to its stream. Dropping it takes it out of the hub at once — whether the
+/// poll was answered, timed out, or its client hung up and the request's
+/// future was dropped mid-wait — so waiters never outlive their requests.
+#[derive(Debug)]
+pub struct Waiter<'a> {
+    hub: &'a Hub,
+    stream: Arc<str>,
+    rx: oneshot::Receiver<()>,
+}
+
+impl std::future::Future for Waiter<'_> {
+    type Output = bool;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<bool> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| r.is_ok())
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // Closing marks the sender closed, which is what pruning looks for.
+        self.rx.close();
+        self.hub.prune_waiters(&self.stream);
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     streams: HashMap<Arc<str>, Vec<Arc<Conn>>>,
@@ -228,11 +258,11 @@ impl Hub {
         }
     }
 
-    /// A receiver that fires at the next publication to `stream` (long polls).
+    /// A waiter that resolves at the next publication to `stream` (long polls).
     /// Register before reading history, so nothing published in between is
     /// missed: a publication whose delivery saw no waiter was committed before
     /// the registration, so the history read that follows includes it.
-    pub fn wait(&self, stream: &Arc<str>) -> oneshot::Receiver<()> {
+    pub fn wait(&self, stream: &Arc<str>) -> Waiter<'_> {
         let (tx, rx) = oneshot::channel();
         self.shard(stream)
             .write()
@@ -241,11 +271,15 @@ impl Hub {
             .or_default()
             .push(tx);
         self.waiting.fetch_add(1, Ordering::AcqRel);
-        rx
+        Waiter {
+            hub: self,
+            stream: stream.clone(),
+            rx,
+        }
     }
 
     /// Drops long-poll waiters that gave up, so a quiet stream can't pile them up.
-    pub fn prune_waiters(&self, stream: &str) {
+    fn prune_waiters(&self, stream: &str) {
         let mut shard = self.shard(stream).write();
         if let Some(list) = shard.waiters.get_mut(stream) {
             let before = list.len();
@@ -256,6 +290,11 @@ impl Hub {
                 shard.waiters.remove(stream);
             }
         }
+    }
+
+    /// Long-poll waiters registered now.
+    pub fn waiter_count(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Channels with at least one local subscriber.
@@ -379,6 +418,21 @@ mod tests {
         let stream: Arc<str> = "c".into();
         let w = hub.wait(&stream);
         hub.deliver(&[publication("c", 1)]);
-        w.await.unwrap();
+        assert!(w.await);
+        assert_eq!(hub.waiter_count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_waiter_leaves_the_hub_without_a_publish() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let stream: Arc<str> = "c".into();
+        let waiters: Vec<_> = (0..5).map(|_| hub.wait(&stream)).collect();
+        let other = hub.wait(&"d".into());
+        assert_eq!(hub.waiter_count(), 6);
+        drop(waiters);
+        assert_eq!(hub.waiter_count(), 1);
+        drop(other);
+        assert_eq!(hub.waiter_count(), 0);
+        assert!(hub.shards.iter().all(|s| s.read().waiters.is_empty()));
     }
 }

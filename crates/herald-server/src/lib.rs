@@ -16,12 +16,14 @@ pub mod engine;
 pub mod http;
 pub mod hub;
 pub mod ids;
+mod json_shape;
 pub mod metrics;
 pub mod node;
 pub mod server;
 mod session;
 pub mod tls;
 pub mod transport;
+mod write_deadline;
 
 pub use config::Config;
 pub use node::{Node, NodeError, Stats};

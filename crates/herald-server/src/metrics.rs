@@ -16,6 +16,12 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Subscriptions (set at scrape time).
     pub subscriptions: Gauge,
+    /// Long polls waiting in the hub for a message (set at scrape time).
+    pub long_poll_waiters: Gauge,
+    /// Poll requests refused with 429 / 1005.
+    pub poll_rate_limited: Counter,
+    /// Users and addresses with a poll rate bucket in memory.
+    pub poll_rate_keys: Gauge,
     /// Messages and notifications accepted for publishing.
     pub messages_published: Counter,
     /// Frames handed to connection queues.
@@ -45,6 +51,9 @@ impl Metrics {
         let m = Self {
             connections: Gauge::default(),
             subscriptions: Gauge::default(),
+            long_poll_waiters: Gauge::default(),
+            poll_rate_limited: Counter::default(),
+            poll_rate_keys: Gauge::default(),
             messages_published: Counter::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Counter::default(),
@@ -64,6 +73,21 @@ impl Metrics {
             "subscriptions",
             "Channel subscriptions and inbox listeners",
             m.subscriptions.clone(),
+        );
+        registry.register(
+            "long_poll_waiters",
+            "Long polls waiting for a message",
+            m.long_poll_waiters.clone(),
+        );
+        registry.register(
+            "poll_rate_limited",
+            "Poll requests refused as rate limited (429 / 1005)",
+            m.poll_rate_limited.clone(),
+        );
+        registry.register(
+            "poll_rate_keys",
+            "Users and addresses with a poll rate bucket in memory",
+            m.poll_rate_keys.clone(),
         );
         registry.register(
             "messages_published",

@@ -462,6 +462,10 @@ impl Node {
                 ),
             ));
         }
+        // Every publish path (HTTP, batch, client publish, embedding) ends
+        // here, so one check covers them all.
+        crate::json_shape::check(&data, self.config.limits.max_json_depth)
+            .map_err(CommandError::bad_request)?;
         let retention = self.retention(&stream);
         Ok(PublishRequest {
             stream,
@@ -532,7 +536,8 @@ impl Node {
         })
     }
 
-    /// One page of a stream for polling; the same history the live path uses.
+    /// One page of a stream for polling; the same history the live path
+    /// uses, at most `limit` messages and `limits.max_page_bytes` of data.
     pub async fn poll(
         &self,
         stream: &str,
@@ -540,14 +545,9 @@ impl Node {
         limit: usize,
     ) -> Result<PollPage, EngineError> {
         let (page, recovered) = match since {
-            PollSince::Oldest => (
-                self.history(stream, HistoryFrom::Oldest, limit + 1).await?,
-                true,
-            ),
+            PollSince::Oldest => (self.page(stream, HistoryFrom::Oldest, limit).await?, true),
             PollSince::Time(t) => {
-                let page = self
-                    .history(stream, HistoryFrom::AfterTime(*t), limit + 1)
-                    .await?;
+                let page = self.page(stream, HistoryFrom::AfterTime(*t), limit).await?;
                 // Trimmed messages are older than the first kept one: if that one
                 // is no newer than `since`, nothing after `since` was lost.
                 // When nothing is kept we cannot tell, and say so.
@@ -557,13 +557,10 @@ impl Node {
             }
             PollSince::Cursor(c) => {
                 let page = self
-                    .history(stream, HistoryFrom::AfterOffset(c.offset), limit + 1)
+                    .page(stream, HistoryFrom::AfterOffset(c.offset), limit)
                     .await?;
                 if *page.epoch != *c.epoch {
-                    (
-                        self.history(stream, HistoryFrom::Oldest, limit + 1).await?,
-                        false,
-                    )
+                    (self.page(stream, HistoryFrom::Oldest, limit).await?, false)
                 } else if c.offset > page.top {
                     let mut page = page;
                     page.messages.clear();
@@ -575,9 +572,10 @@ impl Node {
             }
         };
         let mut messages = page.messages;
-        let more = messages.len() > limit;
         messages.truncate(limit);
         let offset = messages.last().map_or(page.top, |m| m.offset);
+        // More follow whether the page ended at `limit` or at the byte cap.
+        let more = offset < page.top;
         Ok(PollPage {
             cursor: Cursor::new(page.epoch.to_string(), offset),
             epoch: page.epoch,
@@ -585,6 +583,21 @@ impl Node {
             recovered,
             more,
         })
+    }
+
+    /// A history read for a poll page, capped at `limits.max_page_bytes`.
+    async fn page(
+        &self,
+        stream: &str,
+        from: HistoryFrom,
+        limit: usize,
+    ) -> Result<crate::engine::HistoryPage, EngineError> {
+        self.engine
+            .history(stream, from, limit, self.config.limits.max_page_bytes)
+            .await
+            .inspect_err(|_| {
+                self.metrics.engine_errors.inc();
+            })
     }
 
     async fn history(
@@ -636,6 +649,9 @@ impl Node {
         self.metrics
             .subscriptions
             .set(self.hub.subscription_count() as i64);
+        self.metrics
+            .long_poll_waiters
+            .set(self.hub.waiter_count() as i64);
         self.metrics.render()
     }
 

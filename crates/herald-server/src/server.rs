@@ -12,7 +12,9 @@
 //! HTTP. Both schemes run the one router through hyper's HTTP/1 server,
 //! except WebSocket upgrades, which the loop takes itself before hyper sees
 //! them (see [`crate::transport::ws`]): that keeps hyper's connection state
-//! off every idle socket.
+//! off every idle socket. Hyper has no write timeout either, so its IO is
+//! wrapped in `write_deadline::WriteDeadline`: a response nobody reads is dropped
+//! after `limits.write_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -275,6 +277,10 @@ where
         Ok(Ok(None)) => tracing::debug!("writing the WebSocket handshake failed"),
         Ok(Err((head, stream))) => {
             let stream = crate::transport::head::Replay::new(head, stream);
+            let stream = crate::write_deadline::WriteDeadline::new(
+                stream,
+                node.config().limits.write_timeout,
+            );
             serve_http(stream, peer, app, token, header_timeout).await
         }
         Err(_) => tracing::debug!("WebSocket handshake timed out"),

@@ -220,7 +220,7 @@ describe('RealtimeClient state machine (fake socket)', () => {
     await flush()
     expect(svc.state).toBe('polling')
     await vi.advanceTimersByTimeAsync(10)
-    expect(fetches[0]).toMatch(/^http:\/\/x\/api\/channels\/venue:1\/messages\?since=\d+$/)
+    expect(fetches[0]).toMatch(/^http:\/\/x\/api\/channels\/venue:1\/messages\?limit=1000&since=\d+$/)
     svc.disconnect()
     expect(svc.state).toBe('disconnected')
   })

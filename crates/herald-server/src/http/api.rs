@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use herald_protocol::{CommandError, Cursor};
@@ -13,7 +13,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::{bearer, json_body};
+use super::extract::{ChannelPath, SegmentPath};
+use super::{bearer, json_body, json_bytes};
 use crate::engine::Publication;
 use crate::hub::INBOX_PREFIX;
 use crate::node::{Node, PublishItem};
@@ -114,7 +115,7 @@ pub(crate) async fn control(
 /// `POST /api/channels/{channel}/messages`: the body is the data.
 pub(crate) async fn publish_channel(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
+    ChannelPath(channel): ChannelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -130,7 +131,7 @@ pub(crate) async fn publish_channel(
 /// `POST /api/users/{userId}/notifications`: the body is the data.
 pub(crate) async fn notify_user(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    SegmentPath(user): SegmentPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -158,11 +159,6 @@ async fn publish_single<B: serde::de::DeserializeOwned>(
     Ok(Json(published(&node.publish_one(item).await?)))
 }
 
-#[derive(Debug, Deserialize)]
-struct Batch {
-    items: Vec<Box<RawValue>>,
-}
-
 /// `POST /api/batch`: many actions, one durable commit, one result each.
 pub(crate) async fn batch(
     State(node): State<Arc<Node>>,
@@ -171,16 +167,11 @@ pub(crate) async fn batch(
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(&node, &headers)?;
     let limits = &node.config().limits;
-    let batch: Batch = json_body(&headers, body, limits.max_body_bytes).await?;
-    if batch.items.len() > limits.max_batch_items {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            herald_protocol::ErrorCode::LimitExceeded,
-            format!("a batch holds at most {} items", limits.max_batch_items),
-        ));
-    }
-    let mut parsed: Vec<Result<PublishItem, CommandError>> = Vec::with_capacity(batch.items.len());
-    for raw in &batch.items {
+    let bytes = json_bytes(&headers, body, limits.max_body_bytes).await?;
+    let items = super::batch_body::parse(&bytes, limits.max_batch_items)?;
+    drop(bytes);
+    let mut parsed: Vec<Result<PublishItem, CommandError>> = Vec::with_capacity(items.len());
+    for raw in &items {
         parsed.push(
             serde_json::from_str::<Action>(raw.get())
                 .map_err(|_| {

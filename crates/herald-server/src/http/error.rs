@@ -57,6 +57,18 @@ impl ApiError {
         }
     }
 
+    /// 429 / 1005 with `Retry-After: secs` (at least 1).
+    pub fn rate_limited(message: impl Into<String>, secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                message,
+            )
+        }
+    }
+
     /// The status a protocol code maps to.
     pub fn status_for(code: ErrorCode) -> StatusCode {
         match code {

@@ -2,9 +2,12 @@
 //! and the WebSocket upgrade, in one axum router.
 
 pub(crate) mod api;
+mod batch_body;
 pub mod error;
+mod extract;
 pub(crate) mod ops;
 pub(crate) mod poll;
+mod poll_limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +38,15 @@ pub fn router(node: Arc<Node>) -> Router {
     // trickles a body, or an engine that stalls, can't hold a task forever.
     // Long polls get their longest `wait` on top. The WebSocket upgrade is
     // answered at once; the session after it has its own heartbeat bounds.
-    let limit = node.config().limits.request_timeout;
+    let limits = &node.config().limits;
+    let poll_limiter = Arc::new(poll_limit::PollLimiter::new(
+        limits.poll_requests_per_second,
+        limits.poll_burst,
+        poll_limit::MAX_KEYS,
+        node.metrics.poll_rate_keys.clone(),
+        node.metrics.poll_rate_limited.clone(),
+    ));
+    let limit = limits.request_timeout;
     let short = from_fn_with_state(limit, deadline);
     let long = from_fn_with_state(limit + poll::MAX_WAIT, deadline);
     let ops = Router::new()
@@ -72,6 +83,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed",
             )
         })
+        .layer(axum::Extension(poll_limiter))
         .layer(cors)
         .with_state(node)
 }
@@ -118,6 +130,18 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     body: axum::body::Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    let bytes = json_bytes(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("body is not valid JSON for this endpoint: {e}"))
+    })
+}
+
+/// The bytes of a JSON body, unparsed: checks the content type and the size.
+pub(crate) async fn json_bytes(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -130,14 +154,11 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
             "Content-Type must be application/json",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MessageTooLarge,
             format!("request body is larger than {limit} bytes"),
         )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("body is not valid JSON for this endpoint: {e}"))
     })
 }

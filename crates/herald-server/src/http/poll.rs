@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::{validate_channel, ErrorCode};
 
 use super::bearer;
 use super::error::ApiError;
+use super::extract::ChannelPath;
+use super::poll_limit::PollGate;
 use crate::auth::Identity;
 use crate::hub::inbox_key;
 use crate::node::{Node, PollPage, PollSince};
@@ -115,19 +117,19 @@ async fn long_poll(
     let Ok(_permit) = node.long_polls.clone().try_acquire_owned() else {
         return Ok(page);
     };
+    // The waiter leaves the hub when dropped, on every path out of here:
+    // answered, timed out, or the client hung up and this future was dropped.
     let woken = node.hub.wait(stream);
     let page = node.poll(stream, &params.since, params.limit).await?;
     if !page.messages.is_empty() {
-        node.hub.prune_waiters(stream);
         return Ok(page);
     }
     let arrived = tokio::select! {
-        r = woken => r.is_ok(),
+        fired = woken => fired,
         _ = tokio::time::sleep(params.wait) => false,
         _ = node.shutdown_token().cancelled() => false,
     };
     if !arrived {
-        node.hub.prune_waiters(stream);
         return Ok(page);
     }
     Ok(node.poll(stream, &params.since, params.limit).await?)
@@ -176,10 +178,12 @@ async fn poll_channel(
     channel: String,
     headers: HeaderMap,
     query: Option<String>,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
     validate_channel(&channel)?;
     let params = parse_params(query.as_deref())?;
     let who = identity(&node, &headers, params.user.clone())?;
+    gate.admit(&who)?;
     node.check_subscribe(&who, &channel)?;
     let stream: Arc<str> = channel.into();
     let page = long_poll(&node, &stream, &params).await?;
@@ -189,11 +193,12 @@ async fn poll_channel(
 /// `GET /api/channels/{channel}/messages`
 pub(crate) async fn channel(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
+    ChannelPath(channel): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, channel, headers, q).await
+    poll_channel(node, channel, headers, q, gate).await
 }
 
 /// `GET /api/venues/updates` → `venue_updates`
@@ -201,38 +206,42 @@ pub(crate) async fn venue_updates(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, "venue_updates".into(), headers, q).await
+    poll_channel(node, "venue_updates".into(), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/updates` → `venue:{venueId}`
 pub(crate) async fn venue(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("venue:{venue}"), headers, q).await
+    poll_channel(node, format!("venue:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/vibe-checks` → `vibe_checks:{venueId}`
 pub(crate) async fn vibe_checks(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("vibe_checks:{venue}"), headers, q).await
+    poll_channel(node, format!("vibe_checks:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/venues/{venueId}/promotions` → `promotions:{venueId}`
 pub(crate) async fn promotions(
     State(node): State<Arc<Node>>,
-    Path(venue): Path<String>,
+    ChannelPath(venue): ChannelPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
-    poll_channel(node, format!("promotions:{venue}"), headers, q).await
+    poll_channel(node, format!("promotions:{venue}"), headers, q, gate).await
 }
 
 /// `GET /api/notifications`: the caller's own inbox, never anyone else's.
@@ -240,9 +249,11 @@ pub(crate) async fn notifications(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    gate: PollGate,
 ) -> Result<Response, ApiError> {
     let params = parse_params(q.as_deref())?;
     let who = identity(&node, &headers, params.user.clone())?;
+    gate.admit(&who)?;
     let Some(user) = who.user else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

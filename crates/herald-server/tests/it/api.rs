@@ -154,7 +154,8 @@ async fn batch_publishes_in_order_with_one_result_each() {
         .map(|_| json!({"action": "broadcast", "channel": "a", "data": 1}))
         .collect();
     let (status, body) = post_json(&s, "/api/batch", json!({"items": big})).await;
-    assert_eq!((status, body["error"]["code"].clone()), (413, json!(1004)));
+    // SPEC §5: 413 is "too large", code 1006 (issue 7.6).
+    assert_eq!((status, body["error"]["code"].clone()), (413, json!(1006)));
 }
 
 #[tokio::test]
