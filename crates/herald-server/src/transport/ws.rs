@@ -93,7 +93,7 @@ fn check(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(bad("Sec-WebSocket-Key header missing"));
     };
-    if !origin_allowed(&node.config().allowed_origins, headers) {
+    if !crate::http::origin::allowed(node.config(), headers) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::PermissionDenied,
@@ -104,19 +104,6 @@ fn check(
         return Err(ApiError::unavailable("server shutting down"));
     }
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
-}
-
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
-        // Not a browser: Origin is a browser protection, other clients have tokens.
-        None => true,
-    }
 }
 
 /// Parses `buf` as the head of a `GET /ws` upgrade and checks it: the accept
@@ -192,6 +179,29 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         Ok(accept) => accept,
         Err(e) => return e.into_response(),
     };
+    // The connection's per-address slot moves into the session; a
+    // connection that a credential had released takes a new one, since the
+    // session may still connect without one.
+    let held = request
+        .extensions()
+        .get::<Arc<crate::conns::ConnSlot>>()
+        .and_then(|c| c.take());
+    let slot = match (held, request.extensions().get::<crate::http::ClientIp>()) {
+        (Some(slot), _) => Some(slot),
+        (None, Some(client)) => match node.conns.acquire(client.0) {
+            Some(slot) => Some(slot),
+            None => {
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::LimitExceeded,
+                    "too many connections from this address without a credential",
+                )
+                .into_response()
+            }
+        },
+        // Not through the server's accept loop: nothing to count.
+        (None, None) => None,
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = config(&node);
     let tracker = node.tracker().clone();
@@ -202,7 +212,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         };
         let stream: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        crate::session::run(node, Socket(ws)).await;
+        crate::session::run(node, Socket(ws), slot).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
