@@ -261,7 +261,7 @@ async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let token = node.shutdown_token().clone();
-    let header_timeout = node.config().limits.header_read_timeout;
+    let header_timeout = admission.head_timeout(node.config().limits.header_read_timeout);
     let deadline = tokio::time::Instant::now() + header_timeout;
     let head = tokio::select! {
         r = tokio::time::timeout_at(deadline, crate::transport::head::read(&mut stream)) => r,

@@ -27,6 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
@@ -50,6 +51,11 @@ const PROBATION_PER_IP: usize = 32;
 const OPS_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// Headers parsed when judging a head; one with more is refused.
 const MAX_HEADERS: usize = 64;
+/// Time a socket over its address's cap or in the fd reserve has to send its
+/// request head (when shorter than `limits.header_read_timeout`): a monitor
+/// or a client with a credential sends it at once, and a silent socket
+/// holds a scarce place while it waits.
+const JUDGED_HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The node's socket accounting.
 #[derive(Debug)]
@@ -88,6 +94,16 @@ enum Mode {
     Probation,
     /// In the fd reserve: ops paths only.
     Reserve,
+}
+
+impl Admission {
+    /// Time this socket has to send its first request head.
+    pub(crate) fn head_timeout(&self, header_read_timeout: Duration) -> Duration {
+        match self.mode {
+            Mode::Counted | Mode::Proxied => header_read_timeout,
+            Mode::Probation | Mode::Reserve => header_read_timeout.min(JUDGED_HEAD_TIMEOUT),
+        }
+    }
 }
 
 /// What to do with a socket whose first head was read.

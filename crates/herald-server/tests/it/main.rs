@@ -6,6 +6,7 @@ mod util;
 
 mod api;
 mod fanout;
+mod hostile_conns;
 mod lifecycle;
 mod polling;
 mod protocol;
