@@ -33,8 +33,13 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use herald_protocol::{CommandError, ErrorCode};
+
+use crate::http::error::ApiError;
+use crate::http::ClientIp;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::server::PeerAddr;
 use fds::{FdBands, FdCounter, OpenSocket, OpenSockets, RESERVE_PER_IP};
 use forwarded::TrustedProxies;
 pub(crate) use ip_slots::IpSlot;
@@ -255,6 +260,36 @@ pub(crate) fn judge(node: &Node, admission: &mut Admission, head: &[u8]) -> Verd
             }
         }
         Mode::Probation => over_cap(node, peer, peer.ip(), Head::parse(head)),
+    }
+}
+
+/// The per-address slot of a WebSocket upgraded through hyper (an upgrade
+/// on a kept-alive connection): the connection's own, or a new one when a
+/// credential had released it, since the session may still connect without
+/// one. A 429 when the address is at its cap.
+pub(crate) fn slot_for_upgrade(
+    node: &Node,
+    extensions: &axum::http::Extensions,
+) -> Result<Option<IpSlot>, ApiError> {
+    if let Some(slot) = extensions.get::<Arc<ConnSlot>>().and_then(|c| c.take()) {
+        return Ok(Some(slot));
+    }
+    let (Some(ClientIp(client)), Some(PeerAddr(peer))) =
+        (extensions.get::<ClientIp>(), extensions.get::<PeerAddr>())
+    else {
+        // Not carried by the server's accept loop: nothing to count.
+        return Ok(None);
+    };
+    match node.conns.acquire(*client) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            node.conns.refused(Reason::PerIp, *peer, *client);
+            Err(CommandError::new(
+                ErrorCode::LimitExceeded,
+                "too many connections from this address without a credential (limits.max_connections_per_ip)",
+            )
+            .into())
+        }
     }
 }
 

@@ -179,28 +179,9 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         Ok(accept) => accept,
         Err(e) => return e.into_response(),
     };
-    // The connection's per-address slot moves into the session; a
-    // connection that a credential had released takes a new one, since the
-    // session may still connect without one.
-    let held = request
-        .extensions()
-        .get::<Arc<crate::conns::ConnSlot>>()
-        .and_then(|c| c.take());
-    let slot = match (held, request.extensions().get::<crate::http::ClientIp>()) {
-        (Some(slot), _) => Some(slot),
-        (None, Some(client)) => match node.conns.acquire(client.0) {
-            Some(slot) => Some(slot),
-            None => {
-                return ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::LimitExceeded,
-                    "too many connections from this address without a credential",
-                )
-                .into_response()
-            }
-        },
-        // Not through the server's accept loop: nothing to count.
-        (None, None) => None,
+    let slot = match crate::conns::slot_for_upgrade(&node, request.extensions()) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = config(&node);

@@ -350,3 +350,30 @@ async fn an_origin_that_is_not_utf8_fails_the_allow_list() {
         101
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_on_a_credentialed_keep_alive_socket_counts_again() {
+    let s = TestServer::with(|c| c.limits.max_connections_per_ip = 1).await;
+    let mut tcp = socket_from("127.0.0.1", s.addr).await;
+    let key = format!("Authorization: Bearer {API_KEY}\r\n");
+    let a = exchange(&mut tcp, &get("/api/websocket", &key))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    wait_for_metric(&s, "herald_ip_counted_sockets", 0.0).await;
+    // The same socket upgrades (through hyper, it is kept alive): the
+    // session may still connect anonymously, so it counts from here on.
+    let upgrade = get(
+        "/ws",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    );
+    assert_eq!(exchange(&mut tcp, &upgrade).await.unwrap().status, 101);
+    wait_for_metric(&s, "herald_ip_counted_sockets", 1.0).await;
+    let mut other = socket_from("127.0.0.1", s.addr).await;
+    assert_eq!(
+        exchange(&mut other, &get(POLL, "")).await.unwrap().status,
+        429
+    );
+    drop(tcp);
+    wait_for_metric(&s, "herald_ip_counted_sockets", 0.0).await;
+}
