@@ -247,7 +247,7 @@ async fn serve_connection(
 }
 
 /// Reads the first request head (within the header-read timeout, like
-/// hyper's own), judges the socket by it ([`crate::conns::judge`]: a socket
+/// hyper's own), judges the socket by it (`conns::judge`: a socket
 /// over its address's budget is refused here), takes a WebSocket upgrade to
 /// a session task of its own and leaves anything else to hyper with the
 /// head replayed.

@@ -5,8 +5,8 @@
 //! Three bands of the open-file limit, from the top:
 //! - [`FD_RESERVE`] descriptors are never used for client sockets: the store,
 //!   logs and the process itself need them.
-//! - the next [`OPS_RESERVE`] sockets (the ops reserve) serve only the ops
-//!   paths, one request each, and at most [`RESERVE_PER_IP`] of them per
+//! - the next `OPS_RESERVE` (32) sockets (the ops reserve) serve only the ops
+//!   paths, one request each, and at most `RESERVE_PER_IP` (2) of them per
 //!   address, so one address can't fill the reserve it is kept from.
 //! - below that, sockets are served as usual.
 

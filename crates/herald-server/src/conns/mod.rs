@@ -12,8 +12,8 @@
 //! - Near the open-file limit only `/health`, `/ready` and `/metrics` are
 //!   served ([`fds`]), so operators can see a server under this attack.
 //!
-//! A socket is admitted at accept ([`Conns::admit`]) and judged once its
-//! first request head is read ([`judge`]): over its address's budget it is
+//! A socket is admitted at accept (`Conns::admit`) and judged once its
+//! first request head is read (`judge`): over its address's budget it is
 //! not dropped blindly, since a request with a credential, or for an ops
 //! path, can still be served; anything else gets 429 and the close.
 
@@ -161,32 +161,29 @@ impl Conns {
         let open = self.sockets.open();
         let bands = self.bands();
         let ip = peer.ip().to_canonical();
-        let admission = |mode, slot, hold| Admission {
+        let (mode, slot, hold) = if open.rank > bands.socket_ceiling {
+            return self.refuse_now(Reason::FdCeiling, peer);
+        } else if open.rank > bands.ops_threshold {
+            let Some(hold) = self.reserve.acquire(ip, RESERVE_PER_IP) else {
+                return self.refuse_now(Reason::FdReserve, peer);
+            };
+            (Mode::Reserve, None, Some(hold))
+        } else if self.proxies.contains(ip) {
+            (Mode::Proxied, None, None)
+        } else if let Some(slot) = self.per_ip.acquire(ip, self.max_per_ip) {
+            (Mode::Counted, Some(slot), None)
+        } else if let Some(hold) = self.probation.acquire(ip, PROBATION_PER_IP) {
+            (Mode::Probation, None, Some(hold))
+        } else {
+            return self.refuse_now(Reason::PerIp, peer);
+        };
+        let admission = Admission {
             peer,
             mode,
             slot,
             _hold: hold,
         };
-        let admitted = if open.rank > bands.socket_ceiling {
-            None
-        } else if open.rank > bands.ops_threshold {
-            match self.reserve.acquire(ip, RESERVE_PER_IP) {
-                Some(hold) => Some(admission(Mode::Reserve, None, Some(hold))),
-                None => return self.refuse_now(Reason::FdReserve, peer),
-            }
-        } else if self.proxies.contains(ip) {
-            Some(admission(Mode::Proxied, None, None))
-        } else if let Some(slot) = self.per_ip.acquire(ip, self.max_per_ip) {
-            Some(admission(Mode::Counted, Some(slot), None))
-        } else if let Some(hold) = self.probation.acquire(ip, PROBATION_PER_IP) {
-            Some(admission(Mode::Probation, None, Some(hold)))
-        } else {
-            return self.refuse_now(Reason::PerIp, peer);
-        };
-        match admitted {
-            Some(a) => Some((open, a)),
-            None => self.refuse_now(Reason::FdCeiling, peer),
-        }
+        Some((open, admission))
     }
 
     fn refuse_now<T>(&self, reason: Reason, peer: SocketAddr) -> Option<T> {
