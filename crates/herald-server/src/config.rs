@@ -672,6 +672,9 @@ impl Config {
                 return Err(invalid(key, "must be more than 0"));
             }
         }
+        if let Err((i, why)) = crate::conns::forwarded::TrustedProxies::parse(&l.trusted_proxies) {
+            return Err(invalid(&format!("limits.trusted_proxies[{i}]"), why));
+        }
         if self.auth.max_token_bytes < 64 {
             return Err(invalid("auth.max_token_bytes", "must be at least 64"));
         }
@@ -1059,6 +1062,19 @@ mod tests {
         let e = env(&[("HERALD_LIMITS_REQUEST_TIMEOUT", "0s")]);
         let err = Config::load(None, &e, &FlagOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("limits.request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_addresses_or_cidrs() {
+        let f = file("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"::1\"]\n");
+        let c = Config::load(Some(f.path()), &env(&[]), &FlagOverrides::default())
+            .unwrap()
+            .config;
+        c.validate().unwrap();
+        let mut bad = c.clone();
+        bad.limits.trusted_proxies.push("lb.internal".into());
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.trusted_proxies[3]"), "{e}");
     }
 
     #[test]

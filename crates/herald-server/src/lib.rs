@@ -4,6 +4,7 @@
 //! - [`hub`]: local subscribers and fan-out; [`session`]: one connection.
 //! - [`engine`]: history stores (`embedded` SQLite, `memory`).
 //! - [`http`]: the axum router; [`transport`]: the WebSocket seam.
+//! - [`conns`]: sockets per address, the open-file reserve, client addresses.
 //! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain;
 //!   [`tls`]: rustls termination for `https://` and `wss://`.
 //!
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conns;
 pub mod engine;
 pub mod http;
 pub mod hub;

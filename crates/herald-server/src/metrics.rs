@@ -4,6 +4,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -36,6 +37,20 @@ pub struct Metrics {
     pub engine_errors: Counter,
     /// Time from the hub receiving a publication to its frame being written.
     pub publish_to_send_seconds: Histogram,
+    /// Descriptors the process holds, counted in `/proc/self/fd` (set at
+    /// scrape time; the open-socket count where there is no `/proc`).
+    pub open_fds: Gauge,
+    /// The process's open-file limit (set at scrape time).
+    pub fd_ceiling: Gauge,
+    /// Client sockets open, HTTP and WebSocket (set at scrape time).
+    pub open_sockets: Gauge,
+    /// Sockets counted against `limits.max_connections_per_ip` (set at scrape time).
+    pub ip_counted_sockets: Gauge,
+    /// Addresses holding such sockets (set at scrape time).
+    pub ip_counted_addresses: Gauge,
+    /// Sockets refused at accept or at their first request, by `reason`:
+    /// `per_ip`, `fd_reserve`, `fd_ceiling`.
+    pub connections_refused: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +77,12 @@ impl Metrics {
             engine_errors: Counter::default(),
             // 100 µs to ~13 s.
             publish_to_send_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            open_fds: Gauge::default(),
+            fd_ceiling: Gauge::default(),
+            open_sockets: Gauge::default(),
+            ip_counted_sockets: Gauge::default(),
+            ip_counted_addresses: Gauge::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +140,36 @@ impl Metrics {
             "publish_to_send_seconds",
             "Time from fan-out to the frame being written",
             m.publish_to_send_seconds.clone(),
+        );
+        registry.register(
+            "open_fds",
+            "Open file descriptors of the process",
+            m.open_fds.clone(),
+        );
+        registry.register(
+            "fd_ceiling",
+            "The process's open-file limit",
+            m.fd_ceiling.clone(),
+        );
+        registry.register(
+            "open_sockets",
+            "Open client sockets, HTTP and WebSocket",
+            m.open_sockets.clone(),
+        );
+        registry.register(
+            "ip_counted_sockets",
+            "Sockets without a credential, counted against limits.max_connections_per_ip",
+            m.ip_counted_sockets.clone(),
+        );
+        registry.register(
+            "ip_counted_addresses",
+            "Client addresses holding sockets without a credential",
+            m.ip_counted_addresses.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Sockets refused, by reason (per_ip, fd_reserve, fd_ceiling)",
+            m.connections_refused.clone(),
         );
         Self { registry, ..m }
     }

@@ -165,6 +165,8 @@ pub struct Node {
     pub(crate) auth: Auth,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) long_polls: Arc<Semaphore>,
+    /// Sockets per address, the open-file reserve, client addresses.
+    pub(crate) conns: crate::conns::Conns,
     namespaces: HashMap<String, NamespacePolicy>,
     default_namespace: NamespacePolicy,
     id: String,
@@ -242,6 +244,7 @@ impl Node {
             );
         }
         let long_polls = Arc::new(Semaphore::new(config.limits.max_long_poll_waiters));
+        let conns = crate::conns::Conns::new(&config.limits, metrics.clone());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
@@ -250,6 +253,7 @@ impl Node {
             auth,
             metrics,
             long_polls,
+            conns,
             namespaces,
             default_namespace,
             id: random_token(12),
@@ -652,6 +656,7 @@ impl Node {
         self.metrics
             .long_poll_waiters
             .set(self.hub.waiter_count() as i64);
+        self.conns.update_metrics();
         self.metrics.render()
     }
 

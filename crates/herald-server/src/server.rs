@@ -26,10 +26,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::conns::{Admission, ConnSlot, Tracked, Verdict};
+use crate::http::ClientIp;
 use crate::node::{Node, StartError};
 
 /// Why the server could not start.
@@ -53,9 +54,6 @@ pub enum ServeError {
 
 /// Listen backlog: a reconnect storm arrives all at once.
 const BACKLOG: u32 = 8192;
-/// File descriptors kept back from the connection ceiling for the store, logs
-/// and HTTP requests.
-const FD_RESERVE: u64 = 64;
 /// Pause after an accept error such as EMFILE, so the loop does not spin
 /// while descriptors are short.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -84,9 +82,11 @@ impl Server {
         config.validate()?;
         let addr = config.listen_addr()?;
         let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-        let ceiling = raise_fd_limit();
+        let fd_limit = crate::conns::fds::raise_fd_limit();
+        let ceiling = fd_limit.saturating_sub(crate::conns::fds::FD_RESERVE);
         let node = Node::new(config)?;
         node.set_connection_ceiling(ceiling);
+        node.conns.set_fd_limit(fd_limit);
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -162,8 +162,13 @@ impl Server {
                 },
             };
             let (tcp, peer) = tcp;
+            // Counted from accept; a socket refused here is closed at once.
+            let Some((open, admission)) = node.conns.admit(peer) else {
+                continue;
+            };
             connections.spawn(serve_connection(
-                tcp,
+                Tracked::new(tcp, open),
+                admission,
                 PeerAddr(peer),
                 tls.clone(),
                 app.clone(),
@@ -217,24 +222,25 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// header-read timeout so a silent peer can't hold it open), then the first
 /// request head, then a WebSocket session or HTTP/1.
 async fn serve_connection(
-    tcp: TcpStream,
+    tcp: Tracked<TcpStream>,
+    admission: Admission,
     peer: PeerAddr,
     tls: Option<TlsAcceptor>,
     app: Router,
     node: Arc<Node>,
 ) {
-    let _ = tcp.set_nodelay(true);
+    let _ = tcp.get_ref().set_nodelay(true);
     let token = node.shutdown_token().clone();
     let header_timeout = node.config().limits.header_read_timeout;
     match tls {
-        None => serve_stream(tcp, peer, app, node).await,
+        None => serve_stream(tcp, admission, peer, app, node).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => r,
                 _ = token.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_stream(stream, peer, app, node).await,
+                Ok(Ok(stream)) => serve_stream(stream, admission, peer, app, node).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -243,14 +249,21 @@ async fn serve_connection(
 }
 
 /// Reads the first request head (within the header-read timeout, like
-/// hyper's own), takes a WebSocket upgrade to a session task of its own and
-/// leaves anything else to hyper with the head replayed.
-async fn serve_stream<S>(mut stream: S, peer: PeerAddr, app: Router, node: Arc<Node>)
-where
+/// hyper's own), judges the socket by it (`conns::judge`: a socket
+/// over its address's budget is refused here), takes a WebSocket upgrade to
+/// a session task of its own and leaves anything else to hyper with the
+/// head replayed.
+async fn serve_stream<S>(
+    mut stream: S,
+    mut admission: Admission,
+    peer: PeerAddr,
+    app: Router,
+    node: Arc<Node>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let token = node.shutdown_token().clone();
-    let header_timeout = node.config().limits.header_read_timeout;
+    let header_timeout = admission.head_timeout(node.config().limits.header_read_timeout);
     let deadline = tokio::time::Instant::now() + header_timeout;
     let head = tokio::select! {
         r = tokio::time::timeout_at(deadline, crate::transport::head::read(&mut stream)) => r,
@@ -262,6 +275,10 @@ where
         Ok(Err(e)) => return tracing::debug!(error = %e, "reading the request head failed"),
         Err(_) => return tracing::debug!("request head timed out"),
     };
+    let (slot, keep_alive) = match crate::conns::judge(&node, &mut admission, &head) {
+        Verdict::Serve { slot, keep_alive } => (slot, keep_alive),
+        Verdict::Refuse(reason) => return crate::conns::answer_refusal(&mut stream, reason).await,
+    };
     let accepted = tokio::time::timeout_at(
         deadline,
         crate::transport::ws::accept_raw(&node, head, stream),
@@ -272,7 +289,7 @@ where
             // Its own task, so this connection's task (and its state) ends
             // here; tracked so shutdown can wait for the session's goodbye.
             let tracker = node.tracker().clone();
-            tracker.spawn(crate::session::run(node, socket));
+            tracker.spawn(crate::session::run(node, socket, slot));
         }
         Ok(Ok(None)) => tracing::debug!("writing the WebSocket handshake failed"),
         Ok(Err((head, stream))) => {
@@ -281,33 +298,49 @@ where
                 stream,
                 node.config().limits.write_timeout,
             );
-            serve_http(stream, peer, app, token, header_timeout).await
+            let conn = HttpConn {
+                peer,
+                slot: ConnSlot::new(slot),
+                keep_alive,
+            };
+            serve_http(stream, conn, app, node).await
         }
         Err(_) => tracing::debug!("WebSocket handshake timed out"),
     }
 }
 
-async fn serve_http<S>(
-    stream: S,
+/// What an HTTP connection carries besides its stream.
+struct HttpConn {
     peer: PeerAddr,
-    app: Router,
-    token: CancellationToken,
-    header_timeout: Duration,
-) where
+    /// Its per-address slot, until a request with a credential releases it.
+    slot: Arc<ConnSlot>,
+    /// False for a socket served one request only (an ops path over the
+    /// per-address cap or in the fd reserve).
+    keep_alive: bool,
+}
+
+async fn serve_http<S>(stream: S, conn: HttpConn, app: Router, node: Arc<Node>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let token = node.shutdown_token().clone();
+    let header_timeout = node.config().limits.header_read_timeout;
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The timer is what makes header_read_timeout take effect; hyper runs it
     // for the first request and whenever a kept-alive connection waits for
     // its next one, so it also bounds idle keep-alive sockets.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .keep_alive(conn.keep_alive);
+    let service = WithPeer {
+        peer: conn.peer,
+        slot: conn.slot,
+        node,
+        app,
+    };
     let conn = builder
-        .serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(WithPeer { peer, app }),
-        )
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -330,12 +363,16 @@ async fn serve_http<S>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// The router with the connection's [`PeerAddr`] put into each request.
-/// A wrapper rather than `Router::layer`, which would rebuild the router's
-/// routes for every connection.
+/// The router with the connection's [`PeerAddr`], the request's
+/// [`ClientIp`] and the connection's [`ConnSlot`] put into each request; a
+/// request with a credential releases the slot. A wrapper rather than
+/// `Router::layer`, which would rebuild the router's routes for every
+/// connection.
 #[derive(Clone)]
 struct WithPeer {
     peer: PeerAddr,
+    slot: Arc<ConnSlot>,
+    node: Arc<Node>,
     app: Router,
 }
 
@@ -356,7 +393,15 @@ where
     }
 
     fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.peer);
+        let client = self
+            .node
+            .conns
+            .client_ip(self.peer.0.ip(), request.headers());
+        self.slot.on_request(&self.node, request.headers());
+        let extensions = request.extensions_mut();
+        extensions.insert(self.peer);
+        extensions.insert(ClientIp(client));
+        extensions.insert(self.slot.clone());
         self.app.call(request)
     }
 }
@@ -370,19 +415,4 @@ fn spawn_sweeper(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
             node.sweep().await;
         }
     })
-}
-
-/// Raises the soft open-file limit to the hard limit; returns the resulting
-/// connection ceiling.
-fn raise_fd_limit() -> u64 {
-    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not raise the open-file limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE)
-                .map(|(soft, _)| soft)
-                .unwrap_or(1024)
-        }
-    };
-    limit.saturating_sub(FD_RESERVE)
 }

@@ -20,6 +20,7 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tungstenite::Utf8Bytes;
 
 use crate::auth::{unix_now, Identity};
+use crate::conns::IpSlot;
 use crate::hub::{inbox_key, Conn, EncodedPub};
 use crate::node::{Node, NodeError, PublishItem, SessionSlot};
 use crate::transport::ws::{Inbound, Socket};
@@ -44,7 +45,14 @@ type Step = Result<(), Stop>;
 /// Not an `async fn`: its arguments would be kept in the future beside the
 /// session they move into, and every idle connection pays for its future's
 /// size. Here they are moved before the future exists.
-pub(crate) fn run(node: Arc<Node>, socket: Socket) -> impl std::future::Future<Output = ()> + Send {
+///
+/// `ip_slot` counts the socket against its address until `connect` proves a
+/// token (then the per-user slot counts instead); anonymous sessions keep it.
+pub(crate) fn run(
+    node: Arc<Node>,
+    socket: Socket,
+    ip_slot: Option<IpSlot>,
+) -> impl std::future::Future<Output = ()> + Send {
     let conn = Arc::new(Conn::new(
         node.next_conn_id(),
         node.config().limits.outbound_queue,
@@ -57,6 +65,7 @@ pub(crate) fn run(node: Arc<Node>, socket: Socket) -> impl std::future::Future<O
         socket,
         identity: None,
         slot: None,
+        ip_slot,
         streams: HashMap::new(),
         inbox: None,
         last_seen: Instant::now(),
@@ -95,6 +104,8 @@ struct Session {
     socket: Socket,
     identity: Option<Identity>,
     slot: Option<SessionSlot>,
+    /// This socket's place under `limits.max_connections_per_ip`.
+    ip_slot: Option<IpSlot>,
     /// Every stream this connection listens to (channels and its inbox), with
     /// the last offset sent on it.
     streams: HashMap<Arc<str>, u64>,
@@ -353,6 +364,9 @@ impl Session {
         }
         let node = self.node.clone();
         let config = node.config();
+        // A refused token closes the session below, so past that a token
+        // means a verified one.
+        let has_token = token.is_some();
         let identity = match (token, user) {
             (Some(token), _) => match self.node.auth.verify(&token) {
                 Ok(identity) => identity,
@@ -383,6 +397,9 @@ impl Session {
         match self.node.open_session(identity.user.as_deref()) {
             Ok(slot) => self.slot = Some(slot),
             Err(e) => return self.refuse(id, &e, CloseCode::ConnectionLimit).await,
+        }
+        if has_token {
+            self.ip_slot = None;
         }
         self.schedule_expiry(identity.expires_at);
         let user = identity.user.clone();

@@ -6,14 +6,17 @@ mod batch_body;
 pub mod error;
 mod extract;
 pub(crate) mod ops;
+pub(crate) mod origin;
 pub(crate) mod poll;
 mod poll_limit;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -85,7 +88,42 @@ pub fn router(node: Arc<Node>) -> Router {
         })
         .layer(axum::Extension(poll_limiter))
         .layer(cors)
+        // Outside the CORS layer, so a foreign page's preflight is refused too.
+        .layer(from_fn_with_state(node.clone(), origin::dev_guard))
         .with_state(node)
+}
+
+/// The client address of a request as this server counts it: the TCP
+/// peer's, or the forwarded one when the peer is in `limits.trusted_proxies`
+/// (see [`crate::conns::forwarded`]). Put into every request the server
+/// carries; usable as an extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ClientIp>()
+                .map_or(Ipv4Addr::UNSPECIFIED.into(), |c| c.0),
+        ))
+    }
+}
+
+/// The client address of the request `parts` belong to (as [`ClientIp`]).
+/// A request that did not come through the server's accept loop (a test
+/// calling the router directly) has none: `0.0.0.0`.
+pub fn client_ip(node: &Node, parts: &Parts) -> IpAddr {
+    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+        return *ip;
+    }
+    match parts.extensions.get::<crate::server::PeerAddr>() {
+        Some(peer) => node.conns.client_ip(peer.0.ip(), &parts.headers),
+        None => Ipv4Addr::UNSPECIFIED.into(),
+    }
 }
 
 /// Answers 408 when the request is not done within `limit`.

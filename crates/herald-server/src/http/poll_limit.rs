@@ -182,9 +182,13 @@ impl PollGate {
     }
 }
 
-/// The address a request comes from, for per-address limits: the TCP peer.
-/// The one place to swap in a forwarded address from a trusted proxy.
+/// The address a request comes from, for per-address limits: the client
+/// address the connection layer resolved (the forwarded one behind a trusted
+/// proxy, see `conns::forwarded`), else the TCP peer.
 pub(crate) fn client_addr(parts: &Parts) -> Option<IpAddr> {
+    if let Some(super::ClientIp(ip)) = parts.extensions.get::<super::ClientIp>() {
+        return Some(*ip);
+    }
     parts.extensions.get::<PeerAddr>().map(|p| p.0.ip())
 }
 

@@ -93,7 +93,7 @@ fn check(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(bad("Sec-WebSocket-Key header missing"));
     };
-    if !origin_allowed(&node.config().allowed_origins, headers) {
+    if !crate::http::origin::allowed(node.config(), headers) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::PermissionDenied,
@@ -104,19 +104,6 @@ fn check(
         return Err(ApiError::unavailable("server shutting down"));
     }
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
-}
-
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
-        // Not a browser: Origin is a browser protection, other clients have tokens.
-        None => true,
-    }
 }
 
 /// Parses `buf` as the head of a `GET /ws` upgrade and checks it: the accept
@@ -192,6 +179,10 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         Ok(accept) => accept,
         Err(e) => return e.into_response(),
     };
+    let slot = match crate::conns::slot_for_upgrade(&node, request.extensions()) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = config(&node);
     let tracker = node.tracker().clone();
@@ -202,7 +193,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         };
         let stream: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        crate::session::run(node, Socket(ws)).await;
+        crate::session::run(node, Socket(ws), slot).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

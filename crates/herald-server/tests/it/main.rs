@@ -7,6 +7,7 @@ mod util;
 mod api;
 mod fanout;
 mod hostile_http;
+mod hostile_conns;
 mod lifecycle;
 mod polling;
 mod protocol;

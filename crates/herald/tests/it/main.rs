@@ -8,3 +8,4 @@ mod util;
 mod cli;
 mod durability;
 mod hostile;
+mod fd_reserve;

@@ -12,12 +12,16 @@ pub const API_KEY: &str = "bin-test-api-key";
 pub fn herald(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.current_dir(cwd);
+    without_herald_env(&mut cmd);
+    cmd
+}
+
+fn without_herald_env(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("HERALD_") || key == "WEBSOCKET_PORT" {
             cmd.env_remove(key);
         }
     }
-    cmd
 }
 
 /// A running server process.
@@ -30,11 +34,30 @@ pub struct Proc {
 impl Proc {
     /// Starts `herald serve <args>` in `cwd` and waits for its listening line.
     pub fn start(cwd: &Path, args: &[&str]) -> Self {
+        let mut cmd = herald(cwd);
+        cmd.arg("serve").args(args);
+        Self::spawn(cmd, cwd)
+    }
+
+    /// As [`Proc::start`], with the open-file limit (soft and hard) set to
+    /// `nofile` by the shell that execs it.
+    pub fn start_with_nofile(cwd: &Path, args: &[&str], nofile: u32) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(cwd)
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$@\""))
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .args(args);
+        without_herald_env(&mut cmd);
+        Self::spawn(cmd, cwd)
+    }
+
+    fn spawn(mut cmd: Command, cwd: &Path) -> Self {
         let stderr_path = cwd.join(format!("stderr-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = herald(cwd)
-            .arg("serve")
-            .args(args)
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
