@@ -5,6 +5,7 @@
 mod util;
 
 mod api;
+mod auth;
 mod fanout;
 mod lifecycle;
 mod polling;
