@@ -706,8 +706,43 @@ impl Config {
             .iter()
             .map(|_| "********".to_owned())
             .collect();
+        masked.engine.redis_url = masked.engine.redis_url.as_deref().map(mask_url_credentials);
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// `url` with its user name, password and any `pass`/`password` query
+/// value replaced by `********`; a URL that does not parse is masked whole,
+/// since we cannot tell where its secret is.
+fn mask_url_credentials(raw: &str) -> String {
+    const MASK: &str = "********";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return MASK.to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+    }
+    if !url.username().is_empty() {
+        let _ = url.set_username(MASK);
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = ["pass", "password"].contains(&k.to_ascii_lowercase().as_str());
+                (
+                    k.into_owned(),
+                    if secret {
+                        MASK.to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
@@ -990,6 +1025,41 @@ mod tests {
             !masked.contains("0123456789abcdef0123") && !masked.contains("key-one-xx"),
             "{masked}"
         );
+    }
+
+    #[test]
+    fn masked_config_hides_redis_credentials() {
+        let mut c = Config::default();
+        for (url, secrets, kept) in [
+            (
+                "redis://cacheuser:s3cr3t-pw@cache.internal:6379/0",
+                &["s3cr3t-pw", "cacheuser"][..],
+                "cache.internal:6379/0",
+            ),
+            (
+                "rediss://:s3cr3t-pw@cache:6380",
+                &["s3cr3t-pw"][..],
+                "cache:6380",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cr3t-pw",
+                &["s3cr3t-pw"][..],
+                "db=1",
+            ),
+            ("not a url s3cr3t-pw", &["s3cr3t-pw"][..], "redis_url"),
+        ] {
+            c.engine.redis_url = Some(url.into());
+            let masked = c.to_masked_toml();
+            for secret in secrets {
+                assert!(!masked.contains(secret), "{url}: {masked}");
+            }
+            assert!(
+                masked.contains(kept) && masked.contains("********"),
+                "{url}: {masked}"
+            );
+        }
+        c.engine.redis_url = Some("redis://cache:6379".into());
+        assert!(c.to_masked_toml().contains("redis://cache:6379"));
     }
 
     #[test]
