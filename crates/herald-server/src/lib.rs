@@ -4,7 +4,8 @@
 //! - [`hub`]: local subscribers and fan-out; [`session`]: one connection.
 //! - [`engine`]: history stores (`embedded` SQLite, `memory`).
 //! - [`http`]: the axum router; [`transport`]: the WebSocket seam.
-//! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain;
+//! - [`auth`], [`config`], [`metrics`]; [`idempotency`]: publish keys;
+//!   [`server`]: bind, run, drain;
 //!   [`tls`]: rustls termination for `https://` and `wss://`.
 //!
 //! An application can embed Herald: build a [`Config`], [`Server::bind`] it,
@@ -15,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod ids;
 pub mod metrics;
 pub mod node;

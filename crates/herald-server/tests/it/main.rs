@@ -7,6 +7,7 @@ mod util;
 mod api;
 mod auth;
 mod fanout;
+mod idempotency;
 mod lifecycle;
 mod polling;
 mod protocol;
