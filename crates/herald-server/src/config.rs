@@ -54,7 +54,8 @@ pub enum SubscribeRule {
     Public,
     /// Any authenticated user.
     Authenticated,
-    /// Users whose token's `channels` claim names the channel (or a `prefix*`).
+    /// Users whose token's `channels` claim names the channel, or a pattern
+    /// covering it (`venue:*`, `*`).
     Claim,
 }
 
@@ -126,7 +127,8 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     /// Allow `connect` without a token (public namespaces only).
     pub allow_anonymous: bool,
-    /// Accept tokens without `exp`.
+    /// Accept tokens without `exp`. A token *with* an `exp` in the past is
+    /// refused whatever this says.
     pub allow_no_exp: bool,
     /// Clock leeway for `exp` and `nbf`.
     #[serde(with = "duration_str")]
@@ -172,7 +174,9 @@ pub struct LimitsConfig {
     /// Long-poll requests held at once; past this, polls answer at once.
     pub max_long_poll_waiters: usize,
     /// Time an HTTP API request (body included) may take before it is
-    /// answered 408; long polls get their `wait` on top of this.
+    /// answered 408; long polls get their `wait` on top of this. A publish
+    /// gets this for its body (408: nothing published) and again for the
+    /// store's answer (503: outcome unknown, retry with the same key).
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
     /// Time a new connection has to finish its TLS handshake and send its
