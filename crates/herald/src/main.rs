@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use herald_server::auth::{sign_hs256, unix_now, Claims};
+use herald_server::auth::{sign_hs256, unix_now, ChannelGrant, Claims};
 use herald_server::config::{Config, FlagOverrides, Loaded};
 use herald_server::Server;
 
@@ -63,12 +63,20 @@ async fn run(cli: Cli) -> Result<()> {
             let ttl = humantime::parse_duration(&args.ttl)
                 .with_context(|| format!("--ttl {:?} is not a duration", args.ttl))?;
             let now = unix_now();
-            let channels = args.channels.map(|c| {
+            let channels: Option<Vec<String>> = args.channels.map(|c| {
                 c.split(',')
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .collect()
             });
+            // The server would ignore such a pattern; better to say so now.
+            for pattern in channels.iter().flatten() {
+                if ChannelGrant::parse(pattern).is_none() {
+                    anyhow::bail!(
+                        "--channels {pattern:?} is not a channel name or pattern: `*` may only stand for whole trailing segments (venue:*, venue:42:*, *)"
+                    );
+                }
+            }
             let claims = Claims {
                 sub: args.user,
                 exp: Some(now + ttl.as_secs()),

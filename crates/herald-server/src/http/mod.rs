@@ -29,7 +29,11 @@ pub fn router(node: Arc<Node>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
         .expose_headers([header::RETRY_AFTER]);
     // Every request is bounded in time, body upload included: a client that
     // trickles a body, or an engine that stalls, can't hold a task forever.

@@ -206,3 +206,26 @@ async fn a_user_id_with_a_space_and_a_slash_reaches_its_inbox() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["channel"], "..");
 }
+
+#[test]
+fn token_refuses_a_pattern_the_server_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let sign = |channels: &str| {
+        herald(dir.path())
+            .args([
+                "token",
+                "--user",
+                "u",
+                "--secret",
+                SECRET,
+                "--channels",
+                channels,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = sign("venue*");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("venue:*"));
+    assert!(sign("venue:*,chat:1,*").status.success());
+}
