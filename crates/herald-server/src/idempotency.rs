@@ -14,6 +14,10 @@
 //! Bounded: at most `limits.max_idempotency_keys` keys are remembered (the
 //! oldest is forgotten first), each at most [`MAX_KEY_BYTES`] plus a stream
 //! name and a receipt (the payload itself is never kept).
+//!
+//! Durable engines store each key in its message's transaction; a node
+//! restarted on the same store [`IdempotencyKeys::restore`]s the keys still
+//! in their window.
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
@@ -164,6 +168,35 @@ impl IdempotencyKeys {
             tx,
             completed: false,
         })
+    }
+
+    /// Remembers a key a durable store kept across a restart, as done with
+    /// `remaining` of its window left.
+    pub fn restore(&self, stream: Arc<str>, key: &str, receipt: Receipt, remaining: Duration) {
+        let now = Instant::now();
+        let age = self.window.saturating_sub(remaining);
+        // A monotonic clock younger than `age` (a freshly booted host) can't
+        // go back that far: keeping the key a little longer is the safe side.
+        let at = now.checked_sub(age).unwrap_or(now);
+        let mut inner = self.inner.lock();
+        self.purge(&mut inner, now);
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let slot: Slot = (stream, key.into());
+        inner.map.insert(
+            slot.clone(),
+            Entry {
+                seq,
+                state: State::Done { receipt, at },
+            },
+        );
+        inner.order.push_back((seq, slot));
+        self.gauge.set(inner.map.len() as i64);
+    }
+
+    /// The window keys are remembered for.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// Keys held now.
@@ -327,6 +360,16 @@ mod tests {
         assert_eq!(wait(rx).await, None);
         assert!(k.is_empty());
         assert!(matches!(k.claim(&stream, "k1"), Claim::Owner(_)));
+    }
+
+    #[test]
+    fn restored_keys_answer_for_what_is_left_of_their_window() {
+        let k = keys(Duration::from_secs(60), 10);
+        let stream: Arc<str> = "chat:1".into();
+        k.restore(stream.clone(), "kept", receipt(3), Duration::from_secs(30));
+        k.restore(stream.clone(), "gone", receipt(4), Duration::ZERO);
+        assert!(matches!(k.claim(&stream, "kept"), Claim::Done(r) if r.offset == 3));
+        assert!(matches!(k.claim(&stream, "gone"), Claim::Owner(_)));
     }
 
     #[test]

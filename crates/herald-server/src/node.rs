@@ -21,7 +21,7 @@ use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
     EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication, PublishRequest,
-    Retention, StoredMessage,
+    Retention, StoredKey, StoredMessage,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
@@ -46,6 +46,30 @@ impl NodeError {
             Self::Rejected(e) => e.code,
             Self::Engine(_) => ErrorCode::Internal,
         }
+    }
+}
+
+/// Loads the keys the embedded store kept in their window, so a repeat
+/// after a restart still answers the original. A store that cannot say
+/// costs only that: the node starts, and says so.
+fn restore_keys(keys: &IdempotencyKeys, store: &EmbeddedEngine, max: usize) {
+    let kept = match store.kept_keys(max) {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read idempotency keys kept by the store; repeats of publishes from before this start will publish again");
+            return;
+        }
+    };
+    let now = crate::ids::unix_millis();
+    for k in kept {
+        let remaining = std::time::Duration::from_millis(k.expire_at.saturating_sub(now));
+        let receipt = Receipt {
+            stream: k.stream.clone(),
+            epoch: k.epoch,
+            offset: k.offset,
+            ts: k.ts,
+        };
+        keys.restore(k.stream, &k.key, receipt, remaining);
     }
 }
 
@@ -253,6 +277,9 @@ impl Node {
             config.limits.max_idempotency_keys,
             metrics.idempotency_keys.clone(),
         ));
+        if let Some(store) = &embedded {
+            restore_keys(&idempotency, store, config.limits.max_idempotency_keys);
+        }
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
@@ -454,6 +481,8 @@ impl Node {
                     }
                 }
                 Claim::Owner(owner) => {
+                    let mut request = request;
+                    request.key = Some(self.stored_key(key));
                     let pubs = self.commit(vec![request], vec![Some(owner)]).await?;
                     return pubs
                         .first()
@@ -481,7 +510,7 @@ impl Node {
         let mut requests = Vec::new();
         let mut owners = Vec::new();
         for (item, key) in items {
-            let request = match self.validate(item) {
+            let mut request = match self.validate(item) {
                 Ok(r) => r,
                 Err(e) => {
                     pending.push(Pending::Ready(Err(e)));
@@ -504,7 +533,10 @@ impl Node {
                             pending.push(Pending::Wait(rx));
                             continue;
                         }
-                        Claim::Owner(owner) => Some(owner),
+                        Claim::Owner(owner) => {
+                            request.key = Some(self.stored_key(&key));
+                            Some(owner)
+                        }
                     }
                 }
             };
@@ -587,6 +619,7 @@ impl Node {
             stream,
             data: data.into(),
             retention,
+            key: None,
         })
     }
 
@@ -630,6 +663,15 @@ impl Node {
     /// Idempotency keys held now.
     pub fn idempotency_keys(&self) -> usize {
         self.idempotency.len()
+    }
+
+    /// `key` as a durable engine stores it: until the window passes.
+    fn stored_key(&self, key: &str) -> StoredKey {
+        let window = self.idempotency.window().as_millis().min(u64::MAX as u128) as u64;
+        StoredKey {
+            key: key.into(),
+            expire_at: crate::ids::unix_millis().saturating_add(window),
+        }
     }
 
     /// Reads the history a resuming subscriber missed. Call after subscribing

@@ -318,3 +318,37 @@ async fn a_stalled_store_answers_unknown_and_the_retry_publishes_once() {
     assert_eq!(s.node.idempotency_keys(), 1);
     s.stop().await;
 }
+
+/// The embedded store keeps each key with its message, in one transaction:
+/// a repeat after a restart still answers the original.
+#[tokio::test]
+async fn keys_survive_a_restart_of_the_embedded_store() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let embedded = |c: &mut herald_server::Config| c.engine.kind = EngineKind::Embedded;
+    let s = TestServer::in_dir(dir.clone(), embedded).await;
+    let first = post(
+        &s,
+        "/api/channels/chat:1/messages",
+        Some("durable-1"),
+        &json!(1),
+    )
+    .await;
+    let batch = json!({"items": [{"action": "notify", "userId": "u1", "data": 1, "idempotency_key": "durable-2"}]});
+    let (_, first_batch) = post(&s, "/api/batch", None, &batch).await;
+    s.stop().await;
+
+    let s = TestServer::in_dir(dir.clone(), embedded).await;
+    assert_eq!(s.node.idempotency_keys(), 2, "both keys are back");
+    let again = post(
+        &s,
+        "/api/channels/chat:1/messages",
+        Some("durable-1"),
+        &json!(1),
+    )
+    .await;
+    assert_eq!((again.0, &again.1), (200, &first.1));
+    let (_, again_batch) = post(&s, "/api/batch", None, &batch).await;
+    assert_eq!(again_batch, first_batch);
+    assert_eq!(offsets(&s, "chat:1").await, vec![1]);
+    s.stop().await;
+}
