@@ -2,7 +2,11 @@
 //! server API keys are compared in constant time. The two never substitute for
 //! each other: an API key is not a JWT, and a JWT is never looked up as a key.
 
+mod grants;
+mod precheck;
+
 use std::collections::HashSet;
+use std::time::Duration;
 
 use herald_protocol::{validate_user_id, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -12,6 +16,14 @@ use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 
+pub use grants::ChannelGrant;
+
+/// The latest expiry an [`Identity`] carries: 9999-12-31T23:59:59Z. A token
+/// may say `exp = 2^64 - 1`; time arithmetic on that overflows (an `Instant`
+/// plus that many seconds panics), and no deployment needs a token that
+/// outlives the calendar, so later expiries are clamped to this one.
+pub const MAX_EXPIRES_AT: u64 = 253_402_300_799;
+
 /// An authenticated (or anonymous) client.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -19,9 +31,10 @@ pub struct Identity {
     pub user: Option<String>,
     /// `role: admin` may subscribe anywhere.
     pub admin: bool,
-    /// The token's `channels` claim: names and `prefix*` patterns.
-    pub channels: Vec<String>,
-    /// When the token expires (Unix seconds), if it does.
+    /// The token's `channels` claim, its invalid patterns dropped.
+    pub channels: Vec<ChannelGrant>,
+    /// When the token expires (Unix seconds), if it does; never later than
+    /// [`MAX_EXPIRES_AT`].
     pub expires_at: Option<u64>,
 }
 
@@ -36,12 +49,16 @@ impl Identity {
 
     /// Whether the `channels` claim grants `channel`.
     pub fn claims_channel(&self, channel: &str) -> bool {
-        self.channels
-            .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => channel.starts_with(prefix),
-                None => pattern == channel,
-            })
+        self.channels.iter().any(|grant| grant.grants(channel))
+    }
+
+    /// How long until the token expires, seen at `now` (Unix seconds):
+    /// zero once it has, `None` for a token without `exp`. Checked
+    /// arithmetic, so any `exp` a token can carry is safe to add to an
+    /// `Instant`.
+    pub fn expires_in(&self, now: u64) -> Option<Duration> {
+        self.expires_at
+            .map(|exp| Duration::from_secs(exp.saturating_sub(now)))
     }
 }
 
@@ -84,7 +101,7 @@ pub struct Claims {
     /// `admin` may subscribe anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// Channel names or `prefix*` patterns for `claim` namespaces.
+    /// Channel names or `prefix:*` / `*` patterns for `claim` namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
 }
@@ -93,6 +110,8 @@ pub struct Claims {
 pub struct Auth {
     key: Option<DecodingKey>,
     validation: Validation,
+    /// `auth.max_token_bytes`: longer tokens are refused unverified.
+    max_token_bytes: usize,
     /// SHA-256 of each API key: comparing fixed-size digests leaks neither a
     /// key's bytes nor its length through timing.
     api_keys: Vec<[u8; 32]>,
@@ -140,7 +159,10 @@ impl Auth {
         let mut validation = Validation::new(alg);
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.validate_exp = !config.allow_no_exp;
+        // Always on: `allow_no_exp` admits tokens *without* `exp`, never one
+        // whose `exp` is past. jsonwebtoken checks `exp` when present and
+        // requires it only when it is in `required_spec_claims`.
+        validation.validate_exp = true;
         let mut required: HashSet<String> = HashSet::from(["sub".to_owned()]);
         if !config.allow_no_exp {
             required.insert("exp".into());
@@ -163,13 +185,16 @@ impl Auth {
         Ok(Self {
             key,
             validation,
+            max_token_bytes: config.max_token_bytes,
             api_keys: config.api_keys.iter().map(|k| digest(k)).collect(),
         })
     }
 
-    /// Verifies a client token.
+    /// Verifies a client token: size and header first (cheap), then the
+    /// signature and the claims.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let key = self.key.as_ref().ok_or(AuthError::NotConfigured)?;
+        precheck::precheck(token, self.max_token_bytes)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
                 match e.kind() {
@@ -179,11 +204,12 @@ impl Auth {
             })?;
         let claims = data.claims;
         validate_user_id(&claims.sub).map_err(|_| AuthError::Invalid)?;
+        let channels = grants::parse_claim(&claims.sub, claims.channels.unwrap_or_default());
         Ok(Identity {
-            user: Some(claims.sub),
             admin: claims.role.as_deref() == Some("admin"),
-            channels: claims.channels.unwrap_or_default(),
-            expires_at: claims.exp,
+            channels,
+            expires_at: claims.exp.map(|exp| exp.min(MAX_EXPIRES_AT)),
+            user: Some(claims.sub),
         })
     }
 
@@ -295,6 +321,90 @@ mod tests {
         ] {
             assert!(!a.is_api_key(near), "{near:?}");
         }
+    }
+
+    fn signed(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(b"0123456789abcdef"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_absurd_exp_is_clamped_and_safe_to_add_to_an_instant() {
+        let t = signed(&serde_json::json!({"sub": "u1", "exp": u64::MAX}));
+        let id = auth().verify(&t).unwrap();
+        assert_eq!(id.expires_at, Some(MAX_EXPIRES_AT));
+        let left = id.expires_in(unix_now()).unwrap();
+        assert!(std::time::Instant::now().checked_add(left).is_some());
+        assert!(tokio::time::Instant::now().checked_add(left).is_some());
+        // A past expiry (seen from a later clock) is zero, not an underflow.
+        let id = Identity {
+            expires_at: Some(10),
+            ..Identity::default()
+        };
+        assert_eq!(id.expires_in(20), Some(Duration::ZERO));
+        assert_eq!(Identity::default().expires_in(20), None);
+    }
+
+    #[test]
+    fn allow_no_exp_admits_tokens_without_exp_but_never_a_past_exp() {
+        let a = Auth::new(&AuthConfig {
+            hmac_secret: Some("0123456789abcdef".into()),
+            allow_no_exp: true,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let no_exp = signed(&serde_json::json!({"sub": "u1"}));
+        assert_eq!(a.verify(&no_exp).unwrap().expires_at, None);
+        let month_ago = signed(&serde_json::json!({"sub": "u1", "exp": unix_now() - 30 * 86_400}));
+        assert_eq!(a.verify(&month_ago).unwrap_err(), AuthError::Expired);
+        // Within the leeway (5 s) it still passes, as without the option.
+        let just_now = signed(&serde_json::json!({"sub": "u1", "exp": unix_now() - 1}));
+        assert!(a.verify(&just_now).is_ok());
+        // Without the option, `exp` is required.
+        assert_eq!(auth().verify(&no_exp).unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn oversized_tokens_and_crit_headers_are_refused() {
+        let a = Auth::new(&AuthConfig {
+            hmac_secret: Some("0123456789abcdef".into()),
+            max_token_bytes: 512,
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let small = signed(&serde_json::json!({"sub": "u1", "exp": unix_now() + 60}));
+        assert!(a.verify(&small).is_ok());
+        let padding = "x".repeat(600);
+        let big = signed(&serde_json::json!({"sub": "u1", "exp": unix_now() + 60, "pad": padding}));
+        assert!(big.len() > 512);
+        assert_eq!(a.verify(&big).unwrap_err(), AuthError::Invalid);
+        // Validly signed, but asks us to understand an extension we don't.
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let crit = jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": "u1", "exp": unix_now() + 60}),
+            &EncodingKey::from_secret(b"0123456789abcdef"),
+        )
+        .unwrap();
+        assert_eq!(a.verify(&crit).unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn channel_claims_are_parsed_and_bad_patterns_dropped() {
+        let t = signed(&serde_json::json!({
+            "sub": "u1", "exp": unix_now() + 60,
+            "channels": ["hz*", "venue:42:*", "chat:1"],
+        }));
+        let id = auth().verify(&t).unwrap();
+        assert_eq!(id.channels.len(), 2);
+        assert!(!id.claims_channel("hzx:1") && !id.claims_channel("hz:1"));
+        assert!(id.claims_channel("venue:42:x") && !id.claims_channel("venue:42"));
+        assert!(id.claims_channel("chat:1"));
     }
 
     #[test]

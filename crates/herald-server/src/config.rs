@@ -54,7 +54,8 @@ pub enum SubscribeRule {
     Public,
     /// Any authenticated user.
     Authenticated,
-    /// Users whose token's `channels` claim names the channel (or a `prefix*`).
+    /// Users whose token's `channels` claim names the channel, or a pattern
+    /// covering it (`venue:*`, `*`).
     Claim,
 }
 
@@ -126,7 +127,8 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     /// Allow `connect` without a token (public namespaces only).
     pub allow_anonymous: bool,
-    /// Accept tokens without `exp`.
+    /// Accept tokens without `exp`. A token *with* an `exp` in the past is
+    /// refused whatever this says.
     pub allow_no_exp: bool,
     /// Clock leeway for `exp` and `nbf`.
     #[serde(with = "duration_str")]
@@ -172,7 +174,9 @@ pub struct LimitsConfig {
     /// Long-poll requests held at once; past this, polls answer at once.
     pub max_long_poll_waiters: usize,
     /// Time an HTTP API request (body included) may take before it is
-    /// answered 408; long polls get their `wait` on top of this.
+    /// answered 408; long polls get their `wait` on top of this. A publish
+    /// gets this for its body (408: nothing published) and again for the
+    /// store's answer (503: outcome unknown, retry with the same key).
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
     /// Time a new connection has to finish its TLS handshake and send its
@@ -709,8 +713,43 @@ impl Config {
             .iter()
             .map(|_| "********".to_owned())
             .collect();
+        masked.engine.redis_url = masked.engine.redis_url.as_deref().map(mask_url_credentials);
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// `url` with its user name, password and any `pass`/`password` query
+/// value replaced by `********`; a URL that does not parse is masked whole,
+/// since we cannot tell where its secret is.
+fn mask_url_credentials(raw: &str) -> String {
+    const MASK: &str = "********";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return MASK.to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+    }
+    if !url.username().is_empty() {
+        let _ = url.set_username(MASK);
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = ["pass", "password"].contains(&k.to_ascii_lowercase().as_str());
+                (
+                    k.into_owned(),
+                    if secret {
+                        MASK.to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
@@ -993,6 +1032,41 @@ mod tests {
             !masked.contains("0123456789abcdef0123") && !masked.contains("key-one-xx"),
             "{masked}"
         );
+    }
+
+    #[test]
+    fn masked_config_hides_redis_credentials() {
+        let mut c = Config::default();
+        for (url, secrets, kept) in [
+            (
+                "redis://cacheuser:s3cr3t-pw@cache.internal:6379/0",
+                &["s3cr3t-pw", "cacheuser"][..],
+                "cache.internal:6379/0",
+            ),
+            (
+                "rediss://:s3cr3t-pw@cache:6380",
+                &["s3cr3t-pw"][..],
+                "cache:6380",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cr3t-pw",
+                &["s3cr3t-pw"][..],
+                "db=1",
+            ),
+            ("not a url s3cr3t-pw", &["s3cr3t-pw"][..], "redis_url"),
+        ] {
+            c.engine.redis_url = Some(url.into());
+            let masked = c.to_masked_toml();
+            for secret in secrets {
+                assert!(!masked.contains(secret), "{url}: {masked}");
+            }
+            assert!(
+                masked.contains(kept) && masked.contains("********"),
+                "{url}: {masked}"
+            );
+        }
+        c.engine.redis_url = Some("redis://cache:6379".into());
+        assert!(c.to_masked_toml().contains("redis://cache:6379"));
     }
 
     #[test]

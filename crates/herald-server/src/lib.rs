@@ -5,7 +5,8 @@
 //! - [`engine`]: history stores (`embedded` SQLite, `memory`).
 //! - [`http`]: the axum router; [`transport`]: the WebSocket seam.
 //! - [`conns`]: sockets per address, the open-file reserve, client addresses.
-//! - [`auth`], [`config`], [`metrics`]; [`server`]: bind, run, drain;
+//! - [`auth`], [`config`], [`metrics`]; [`idempotency`]: publish keys;
+//!   [`server`]: bind, run, drain;
 //!   [`tls`]: rustls termination for `https://` and `wss://`.
 //!
 //! An application can embed Herald: build a [`Config`], [`Server::bind`] it,
@@ -17,6 +18,7 @@ pub mod conns;
 pub mod engine;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod ids;
 mod json_shape;
 pub mod metrics;

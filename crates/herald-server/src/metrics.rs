@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Engine failures (publishes or reads that got 503 / 1011).
     pub engine_errors: Counter,
+    /// Idempotency keys remembered (`limits.max_idempotency_keys` at most).
+    pub idempotency_keys: Gauge,
     /// Time from the hub receiving a publication to its frame being written.
     pub publish_to_send_seconds: Histogram,
     /// Descriptors the process holds, counted in `/proc/self/fd` (set at
@@ -75,6 +77,7 @@ impl Metrics {
             slow_consumer_disconnects: Counter::default(),
             rate_limited: Counter::default(),
             engine_errors: Counter::default(),
+            idempotency_keys: Gauge::default(),
             // 100 µs to ~13 s.
             publish_to_send_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             open_fds: Gauge::default(),
@@ -136,6 +139,11 @@ impl Metrics {
             m.rate_limited.clone(),
         );
         registry.register("engine_errors", "Engine failures", m.engine_errors.clone());
+        registry.register(
+            "idempotency_keys",
+            "Idempotency keys remembered (in flight or within the window)",
+            m.idempotency_keys.clone(),
+        );
         registry.register(
             "publish_to_send_seconds",
             "Time from fan-out to the frame being written",

@@ -21,9 +21,10 @@ use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
     EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication, PublishRequest,
-    Retention, StoredMessage,
+    Retention, StoredKey, StoredMessage,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
+use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
 use crate::ids::random_token;
 use crate::metrics::Metrics;
 
@@ -47,6 +48,34 @@ impl NodeError {
         }
     }
 }
+
+/// Loads the keys the embedded store kept in their window, so a repeat
+/// after a restart still answers the original. A store that cannot say
+/// costs only that: the node starts, and says so.
+fn restore_keys(keys: &IdempotencyKeys, store: &EmbeddedEngine, max: usize) {
+    let kept = match store.kept_keys(max) {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read idempotency keys kept by the store; repeats of publishes from before this start will publish again");
+            return;
+        }
+    };
+    let now = crate::ids::unix_millis();
+    for k in kept {
+        let remaining = std::time::Duration::from_millis(k.expire_at.saturating_sub(now));
+        let receipt = Receipt {
+            stream: k.stream.clone(),
+            epoch: k.epoch,
+            offset: k.offset,
+            ts: k.ts,
+        };
+        keys.restore(k.stream, &k.key, receipt, remaining);
+    }
+}
+
+/// How often a keyed publish presents its key when the publish it waited
+/// for failed, before giving up with an engine error.
+const KEY_ATTEMPTS: usize = 3;
 
 /// Options in force for one namespace.
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +196,7 @@ pub struct Node {
     pub(crate) long_polls: Arc<Semaphore>,
     /// Sockets per address, the open-file reserve, client addresses.
     pub(crate) conns: crate::conns::Conns,
+    idempotency: Arc<IdempotencyKeys>,
     namespaces: HashMap<String, NamespacePolicy>,
     default_namespace: NamespacePolicy,
     id: String,
@@ -245,6 +275,14 @@ impl Node {
         }
         let long_polls = Arc::new(Semaphore::new(config.limits.max_long_poll_waiters));
         let conns = crate::conns::Conns::new(&config.limits, metrics.clone());
+        let idempotency = Arc::new(IdempotencyKeys::new(
+            config.limits.idempotency_window,
+            config.limits.max_idempotency_keys,
+            metrics.idempotency_keys.clone(),
+        ));
+        if let Some(store) = &embedded {
+            restore_keys(&idempotency, store, config.limits.max_idempotency_keys);
+        }
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
@@ -254,6 +292,7 @@ impl Node {
             metrics,
             long_polls,
             conns,
+            idempotency,
             namespaces,
             default_namespace,
             id: random_token(12),
@@ -410,9 +449,122 @@ impl Node {
     /// Publishes one item whose data is already JSON text.
     pub async fn publish_one(&self, item: PublishItem) -> Result<Publication, NodeError> {
         let request = self.validate(item)?;
-        let mut pubs = self.commit(vec![request]).await?;
+        let mut pubs = self.commit(vec![request], Vec::new()).await?;
         pubs.pop()
             .ok_or_else(|| EngineError("engine returned nothing".into()).into())
+    }
+
+    /// Publishes one item under an optional idempotency key: a key seen
+    /// within `limits.idempotency_window` for the same stream answers the
+    /// original receipt and stores nothing; a repeat of a publish still in
+    /// flight waits for it. Dropping the returned future (a timeout) never
+    /// loses the outcome: the engine call runs in a task of its own and
+    /// records the key when it lands.
+    pub async fn publish_keyed(
+        &self,
+        item: PublishItem,
+        key: Option<&str>,
+    ) -> Result<Receipt, NodeError> {
+        let request = self.validate(item)?;
+        let Some(key) = key else {
+            let pubs = self.commit(vec![request], Vec::new()).await?;
+            return pubs
+                .first()
+                .map(Receipt::from)
+                .ok_or_else(|| EngineError("engine returned nothing".into()).into());
+        };
+        idempotency::validate_key(key)?;
+        // Each turn either answers or finds the key's publish failed; a few
+        // turns bound the wait when several repeats race a failing engine.
+        for _ in 0..KEY_ATTEMPTS {
+            match self.idempotency.claim(&request.stream, key) {
+                Claim::Done(receipt) => return Ok(receipt),
+                Claim::Wait(rx) => {
+                    if let Some(receipt) = idempotency::wait(rx).await {
+                        return Ok(receipt);
+                    }
+                }
+                Claim::Owner(owner) => {
+                    let mut request = request;
+                    request.key = Some(self.stored_key(key));
+                    let pubs = self.commit(vec![request], vec![Some(owner)]).await?;
+                    return pubs
+                        .first()
+                        .map(Receipt::from)
+                        .ok_or_else(|| EngineError("engine returned nothing".into()).into());
+                }
+            }
+        }
+        Err(EngineError("the publish with this idempotency key keeps failing".into()).into())
+    }
+
+    /// [`Node::publish_many`] where each item may carry an idempotency key
+    /// (as [`Node::publish_keyed`]). Keys repeated within the batch publish
+    /// once; an invalid key fails only its item.
+    pub async fn publish_many_keyed(
+        &self,
+        items: Vec<(PublishItem, Option<String>)>,
+    ) -> Result<Vec<Result<Receipt, CommandError>>, EngineError> {
+        enum Pending {
+            Ready(Result<Receipt, CommandError>),
+            Commit(usize),
+            Wait(tokio::sync::watch::Receiver<Option<Receipt>>),
+        }
+        let mut pending = Vec::with_capacity(items.len());
+        let mut requests = Vec::new();
+        let mut owners = Vec::new();
+        for (item, key) in items {
+            let mut request = match self.validate(item) {
+                Ok(r) => r,
+                Err(e) => {
+                    pending.push(Pending::Ready(Err(e)));
+                    continue;
+                }
+            };
+            let owner = match key {
+                None => None,
+                Some(key) => {
+                    if let Err(e) = idempotency::validate_key(&key) {
+                        pending.push(Pending::Ready(Err(e)));
+                        continue;
+                    }
+                    match self.idempotency.claim(&request.stream, &key) {
+                        Claim::Done(receipt) => {
+                            pending.push(Pending::Ready(Ok(receipt)));
+                            continue;
+                        }
+                        Claim::Wait(rx) => {
+                            pending.push(Pending::Wait(rx));
+                            continue;
+                        }
+                        Claim::Owner(owner) => {
+                            request.key = Some(self.stored_key(&key));
+                            Some(owner)
+                        }
+                    }
+                }
+            };
+            pending.push(Pending::Commit(requests.len()));
+            requests.push(request);
+            owners.push(owner);
+        }
+        let pubs = self.commit(requests, owners).await?;
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Pending::Ready(r) => r,
+                Pending::Commit(i) => pubs.get(i).map(Receipt::from).ok_or_else(|| {
+                    CommandError::new(ErrorCode::Internal, "engine returned too few")
+                }),
+                Pending::Wait(rx) => idempotency::wait(rx).await.ok_or_else(|| {
+                    CommandError::new(
+                        ErrorCode::Internal,
+                        "the publish with this idempotency key failed; retry",
+                    )
+                }),
+            });
+        }
+        Ok(results)
     }
 
     /// Publishes many items in one engine call; invalid items get their own
@@ -433,7 +585,7 @@ impl Node {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let mut pubs = self.commit(requests).await?.into_iter();
+        let mut pubs = self.commit(requests, Vec::new()).await?.into_iter();
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -475,23 +627,58 @@ impl Node {
             stream,
             data: data.into(),
             retention,
+            key: None,
         })
     }
 
-    async fn commit(&self, requests: Vec<PublishRequest>) -> Result<Vec<Publication>, EngineError> {
+    /// Hands `requests` to the engine in a task of its own, so that a caller
+    /// that gives up (a request timeout, a dropped connection) cannot hide a
+    /// commit: the task still completes `owners` (idempotency keys, one per
+    /// request where given) with what landed, or releases them on failure.
+    async fn commit(
+        &self,
+        requests: Vec<PublishRequest>,
+        owners: Vec<Option<Owner>>,
+    ) -> Result<Vec<Publication>, EngineError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let n = requests.len() as u64;
-        match self.engine.publish(requests).await {
-            Ok(pubs) => {
-                self.metrics.messages_published.inc_by(n);
-                Ok(pubs)
+        let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
+        let task = self.tracker.spawn(async move {
+            let n = requests.len() as u64;
+            let result = engine.publish(requests).await;
+            match &result {
+                Ok(pubs) => {
+                    metrics.messages_published.inc_by(n);
+                    for (owner, publication) in owners.into_iter().zip(pubs) {
+                        if let Some(owner) = owner {
+                            owner.complete(Receipt::from(publication));
+                        }
+                    }
+                }
+                // Dropping the owners releases their keys.
+                Err(_) => {
+                    metrics.engine_errors.inc();
+                }
             }
-            Err(e) => {
-                self.metrics.engine_errors.inc();
-                Err(e)
-            }
+            result
+        });
+        task.await
+            .map_err(|e| EngineError(format!("publish task failed: {e}")))?
+    }
+
+    /// Idempotency keys held now.
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
+    }
+
+    /// `key` as a durable engine stores it: until the window passes.
+    fn stored_key(&self, key: &str) -> StoredKey {
+        let window = self.idempotency.window().as_millis().min(u64::MAX as u128) as u64;
+        StoredKey {
+            key: key.into(),
+            expire_at: crate::ids::unix_millis().saturating_add(window),
         }
     }
 

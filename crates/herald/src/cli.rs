@@ -69,7 +69,7 @@ pub(crate) struct TokenArgs {
     /// `admin` may subscribe anywhere.
     #[arg(long)]
     pub(crate) role: Option<String>,
-    /// Channels for `claim` namespaces, comma-separated; `prefix*` allowed.
+    /// Channels for `claim` namespaces, comma-separated; `prefix:*` and `*` allowed.
     #[arg(long)]
     pub(crate) channels: Option<String>,
     /// Lifetime, e.g. 1h, 30m, 7d.

@@ -6,15 +6,15 @@
 mod bench;
 mod cli;
 mod dev;
+mod publish;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
-use herald_server::auth::{sign_hs256, unix_now, Claims};
+use herald_server::auth::{sign_hs256, unix_now, ChannelGrant, Claims};
 use herald_server::config::{Config, FlagOverrides, Loaded};
 use herald_server::Server;
 
@@ -63,12 +63,20 @@ async fn run(cli: Cli) -> Result<()> {
             let ttl = humantime::parse_duration(&args.ttl)
                 .with_context(|| format!("--ttl {:?} is not a duration", args.ttl))?;
             let now = unix_now();
-            let channels = args.channels.map(|c| {
+            let channels: Option<Vec<String>> = args.channels.map(|c| {
                 c.split(',')
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .collect()
             });
+            // The server would ignore such a pattern; better to say so now.
+            for pattern in channels.iter().flatten() {
+                if ChannelGrant::parse(pattern).is_none() {
+                    anyhow::bail!(
+                        "--channels {pattern:?} is not a channel name or pattern: `*` may only stand for whole trailing segments (venue:*, venue:42:*, *)"
+                    );
+                }
+            }
             let claims = Claims {
                 sub: args.user,
                 exp: Some(now + ttl.as_secs()),
@@ -80,21 +88,16 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Publish(args) => {
-            let url = format!(
-                "{}/api/channels/{}/messages",
-                args.api.url.trim_end_matches('/'),
-                args.channel
-            );
-            post(&args.api, &url, &args.json).await
+            publish::run(
+                &args.api,
+                publish::Target::Channel(&args.channel),
+                &args.json,
+            )
+            .await
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Notify(args) => {
-            let url = format!(
-                "{}/api/users/{}/notifications",
-                args.api.url.trim_end_matches('/'),
-                args.user
-            );
-            post(&args.api, &url, &args.json).await
+            publish::run(&args.api, publish::Target::User(&args.user), &args.json).await
         }
     }
 }
@@ -163,36 +166,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-async fn post(api: &cli::ApiArgs, url: &str, json: &str) -> Result<()> {
-    let body: serde_json::Value =
-        serde_json::from_str(json).context("the data argument is not valid JSON")?;
-    let key = match &api.api_key {
-        Some(k) => k.clone(),
-        None => dev::read_env(&api.data_dir)
-            .and_then(|env| {
-                env.get("HERALD_AUTH_API_KEYS")
-                    .and_then(|k| k.split(',').next().map(str::to_owned))
-            })
-            .context("no API key: pass --api-key or set HERALD_API_KEY")?,
-    };
-    let response = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?
-        .post(url)
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
-    println!("{text}");
-    Ok(())
 }
 
 /// Default data directory for commands that read `dev.env`.

@@ -76,7 +76,20 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (stream, offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_expire_at ON messages (expire_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    stream TEXT NOT NULL,
+    key TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    expire_at INTEGER NOT NULL,
+    PRIMARY KEY (stream, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_expire_at ON idempotency_keys (expire_at);
 ";
+
+/// Expired idempotency keys deleted with each key stored: more than one, so
+/// the table stays near what the window holds without a sweep of its own.
+const KEYS_DELETED_PER_COMMIT: i64 = 64;
 
 impl EmbeddedEngine {
     /// Opens (or creates) the store in directory `dir`.
@@ -151,6 +164,35 @@ impl EmbeddedEngine {
         }
     }
 
+    /// The idempotency keys still in their window, the newest `limit`,
+    /// oldest first: a restarted node remembers them (read once at start).
+    pub fn kept_keys(&self, limit: usize) -> Result<Vec<KeptKey>, EngineError> {
+        let conn = Self::open_reader(&self.path)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT stream, key, offset, ts, expire_at FROM idempotency_keys
+                 WHERE expire_at > ?1 ORDER BY expire_at DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut keys = stmt
+            .query_map(params![unix_millis() as i64, limit], |r| {
+                Ok(KeptKey {
+                    stream: r.get::<_, String>(0)?.into(),
+                    epoch: self.epoch.clone(),
+                    key: r.get::<_, String>(1)?.into(),
+                    offset: r.get::<_, i64>(2)? as u64,
+                    ts: r.get::<_, i64>(3)? as u64,
+                    expire_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        keys.reverse();
+        Ok(keys)
+    }
+
     /// How often [`EmbeddedEngine::sweep`] should run.
     pub fn sweep_interval() -> Duration {
         SWEEP_EVERY
@@ -165,6 +207,37 @@ impl EmbeddedEngine {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
         Ok(conn)
     }
+}
+
+/// Stores an idempotency key in the message's transaction, and deletes a few
+/// expired ones.
+fn remember_key(
+    tx: &rusqlite::Transaction<'_>,
+    stream: &str,
+    key: &StoredKey,
+    offset: u64,
+    ts: u64,
+) -> Result<(), EngineError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (stream, key, offset, ts, expire_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            stream,
+            &*key.key,
+            offset as i64,
+            ts as i64,
+            key.expire_at.min(i64::MAX as u64) as i64
+        ])
+    })
+    .map_err(db_err)?;
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE (stream, key) IN
+           (SELECT stream, key FROM idempotency_keys WHERE expire_at <= ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![unix_millis() as i64, KEYS_DELETED_PER_COMMIT]))
+    .map_err(db_err)?;
+    Ok(())
 }
 
 fn read_history(
@@ -400,6 +473,9 @@ impl Writer {
                             &*req.data
                         ])
                         .map_err(db_err)?;
+                    if let Some(key) = &req.key {
+                        remember_key(&tx, &req.stream, key, offset, ts)?;
+                    }
                     touched.insert(req.stream.clone(), (offset, ts, req.retention.size));
                     pubs.push(Publication {
                         stream: req.stream.clone(),
@@ -471,6 +547,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idempotency_keys_are_kept_with_their_message_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Recorder::default());
+        let engine = EmbeddedEngine::open(dir.path(), SyncMode::Full, sink.clone()).unwrap();
+        let keyed = |key: &str, expire_at: u64| PublishRequest {
+            stream: "s".into(),
+            data: "1".into(),
+            retention: Retention {
+                size: 10,
+                ttl: Duration::from_secs(60),
+            },
+            key: Some(StoredKey {
+                key: key.into(),
+                expire_at,
+            }),
+        };
+        let now = unix_millis();
+        engine
+            .publish(vec![keyed("old", now - 1), keyed("k1", now + 60_000)])
+            .await
+            .unwrap();
+        engine.close().await;
+        let engine = EmbeddedEngine::open(dir.path(), SyncMode::Full, sink).unwrap();
+        let kept = engine.kept_keys(10).unwrap();
+        assert_eq!(kept.len(), 1, "the expired key is not read back");
+        assert_eq!(
+            (&*kept[0].key, &*kept[0].stream, kept[0].offset),
+            ("k1", "s", 2)
+        );
+        // Storing another key deletes expired ones.
+        engine
+            .publish(vec![keyed("k2", now + 60_000)])
+            .await
+            .unwrap();
+        let conn = EmbeddedEngine::open_reader(&engine.path).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(
+            engine.kept_keys(1).unwrap()[0].key.as_ref(),
+            "k2",
+            "the newest first"
+        );
+        engine.close().await;
+    }
+
+    #[tokio::test]
     async fn reopening_keeps_epoch_offsets_and_history() {
         let dir = tempfile::tempdir().unwrap();
         let sink = Arc::new(Recorder::default());
@@ -482,6 +606,7 @@ mod tests {
                 size: 10,
                 ttl: Duration::from_secs(60),
             },
+            key: None,
         };
         let first = engine.publish(vec![r.clone(), r.clone()]).await.unwrap();
         engine.close().await;

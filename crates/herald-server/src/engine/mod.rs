@@ -36,6 +36,36 @@ pub struct PublishRequest {
     pub data: Arc<str>,
     /// The stream's retention.
     pub retention: Retention,
+    /// The publish's idempotency key; durable engines store it in the same
+    /// transaction as the message, so a repeat after a restart still
+    /// answers the original.
+    pub key: Option<StoredKey>,
+}
+
+/// An idempotency key to store with its message.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// The key (validated by the node).
+    pub key: Arc<str>,
+    /// When it stops answering, Unix ms.
+    pub expire_at: u64,
+}
+
+/// An idempotency key read back from a durable store.
+#[derive(Debug, Clone)]
+pub struct KeptKey {
+    /// The stream it was published to.
+    pub stream: Arc<str>,
+    /// The store's epoch.
+    pub epoch: Arc<str>,
+    /// The key.
+    pub key: Arc<str>,
+    /// The offset its message got.
+    pub offset: u64,
+    /// Its message's publish time, Unix ms.
+    pub ts: u64,
+    /// When it stops answering, Unix ms.
+    pub expire_at: u64,
 }
 
 /// A committed message, as handed to the fan-out sink and to the publisher.
@@ -188,6 +218,7 @@ pub(crate) mod contract {
                 size,
                 ttl: Duration::from_secs(3600),
             },
+            key: None,
         }
     }
 
@@ -275,6 +306,7 @@ pub(crate) mod contract {
                 size: 10,
                 ttl: Duration::from_millis(1),
             },
+            key: None,
         };
         engine.publish(vec![r.clone(), r]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,11 +1,18 @@
 //! The server API (API key): publish, notify, batch, status. `POST
 //! /api/websocket` is the seed application's control endpoint, kept exactly.
+//!
+//! Publishes take an idempotency key (`Idempotency-Key` header, or
+//! `idempotency_key` in the body or a batch item). Time is split honestly:
+//! 408 only while the body is still arriving (nothing was published); once
+//! the publish is handed to the engine, a timeout answers 503 "outcome
+//! unknown, retry with the same key", never a silent 408.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::Json;
 use herald_protocol::{CommandError, Cursor};
 use serde::{Deserialize, Deserializer};
@@ -15,12 +22,15 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{ChannelPath, SegmentPath};
 use super::{bearer, json_body, json_bytes};
-use crate::engine::Publication;
 use crate::hub::INBOX_PREFIX;
+use crate::idempotency::Receipt;
 use crate::node::{Node, PublishItem};
 
 /// Room for the envelope around `data` in single-publish bodies.
 const ENVELOPE_SLACK: usize = 4096;
+
+/// The idempotency key header of the single-publish endpoints.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers)? {
@@ -43,6 +53,8 @@ struct Action {
     user_id: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
+    #[serde(default)]
+    idempotency_key: Option<Value>,
 }
 
 /// Makes `"data": null` count as present (plain `Option` would read it as absent).
@@ -61,6 +73,20 @@ fn string_field(v: Option<Value>, name: &str) -> Result<String, CommandError> {
 }
 
 impl Action {
+    /// The item and its idempotency key, if it gives one.
+    fn into_keyed(mut self) -> Result<(PublishItem, Option<String>), CommandError> {
+        let key = match self.idempotency_key.take() {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(k),
+            Some(_) => {
+                return Err(CommandError::bad_request(
+                    "idempotency_key must be a string",
+                ))
+            }
+        };
+        Ok((self.into_item()?, key))
+    }
+
     fn into_item(self) -> Result<PublishItem, CommandError> {
         let data = self
             .data
@@ -86,7 +112,7 @@ impl Action {
     }
 }
 
-fn published(p: &Publication) -> Value {
+fn published(p: &Receipt) -> Value {
     let cursor = Cursor::new(p.epoch.to_string(), p.offset).to_string();
     match p.stream.strip_prefix(INBOX_PREFIX) {
         Some(user) => json!({"ok": true, "userId": user, "offset": p.offset, "cursor": cursor}),
@@ -109,7 +135,7 @@ pub(crate) async fn control(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    publish_single(&node, &headers, body, |action: Action| action.into_item()).await
+    publish_single(&node, &headers, body, Action::into_keyed).await
 }
 
 /// `POST /api/channels/{channel}/messages`: the body is the data.
@@ -120,10 +146,13 @@ pub(crate) async fn publish_channel(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     publish_single(&node, &headers, body, |data: Box<RawValue>| {
-        Ok(PublishItem::Broadcast {
-            channel,
-            data: data.get().to_owned(),
-        })
+        Ok((
+            PublishItem::Broadcast {
+                channel,
+                data: data.get().to_owned(),
+            },
+            None,
+        ))
     })
     .await
 }
@@ -136,27 +165,87 @@ pub(crate) async fn notify_user(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     publish_single(&node, &headers, body, |data: Box<RawValue>| {
-        Ok(PublishItem::Notify {
-            user,
-            data: data.get().to_owned(),
-        })
+        Ok((
+            PublishItem::Notify {
+                user,
+                data: data.get().to_owned(),
+            },
+            None,
+        ))
     })
     .await
 }
 
 /// The shared path of the single-publish endpoints: API key, bounded JSON
-/// body, `to_item` turns the body into what to publish.
+/// body, `to_item` turns the body into what to publish (and the body's own
+/// idempotency key, if it can carry one).
 async fn publish_single<B: serde::de::DeserializeOwned>(
     node: &Node,
     headers: &HeaderMap,
     body: Body,
-    to_item: impl FnOnce(B) -> Result<PublishItem, CommandError>,
+    to_item: impl FnOnce(B) -> Result<(PublishItem, Option<String>), CommandError>,
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(node, headers)?;
-    let limit = node.config().limits.max_message_bytes + ENVELOPE_SLACK;
-    let parsed: B = json_body(headers, body, limit).await?;
-    let item = to_item(parsed)?;
-    Ok(Json(published(&node.publish_one(item).await?)))
+    let header_key = idempotency_header(headers)?;
+    let limits = &node.config().limits;
+    let parsed: B = read_body(
+        headers,
+        body,
+        limits.max_message_bytes + ENVELOPE_SLACK,
+        limits.request_timeout,
+    )
+    .await?;
+    let (item, body_key) = to_item(parsed)?;
+    let key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::bad_request(
+                "the Idempotency-Key header and idempotency_key differ; send one",
+            ))
+        }
+        (h, b) => h.or(b),
+    };
+    let publish = node.publish_keyed(item, key.as_deref());
+    match tokio::time::timeout(limits.request_timeout, publish).await {
+        Ok(receipt) => Ok(Json(published(&receipt?))),
+        Err(_) => Err(ApiError::outcome_unknown(limits.request_timeout)),
+    }
+}
+
+/// The `Idempotency-Key` header, if sent.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(&IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be printable ASCII"))
+        })
+        .transpose()
+}
+
+/// Reads a JSON body within `timeout`: a body still arriving then gets 408,
+/// and since nothing was handed to the engine yet, nothing was published.
+async fn read_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(timeout, json_body(headers, body, limit))
+        .await
+        .unwrap_or_else(|_| Err(body_timeout(timeout)))
+}
+
+/// 408: the body did not arrive within `timeout`, so nothing was published.
+fn body_timeout(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        herald_protocol::ErrorCode::BadRequest,
+        format!(
+            "request body not received within {} (limits.request_timeout); nothing was published",
+            humantime::format_duration(timeout)
+        ),
+    )
 }
 
 /// `POST /api/batch`: many actions, one durable commit, one result each.
@@ -166,11 +255,24 @@ pub(crate) async fn batch(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(&node, &headers)?;
+    if headers.contains_key(&IDEMPOTENCY_KEY) {
+        // One key for many items has no single original to answer with;
+        // refusing beats silently publishing without the protection asked for.
+        return Err(ApiError::bad_request(
+            "a batch takes idempotency_key per item, not an Idempotency-Key header",
+        ));
+    }
     let limits = &node.config().limits;
-    let bytes = json_bytes(&headers, body, limits.max_body_bytes).await?;
+    let bytes = tokio::time::timeout(
+        limits.request_timeout,
+        json_bytes(&headers, body, limits.max_body_bytes),
+    )
+    .await
+    .unwrap_or_else(|_| Err(body_timeout(limits.request_timeout)))?;
     let items = super::batch_body::parse(&bytes, limits.max_batch_items)?;
     drop(bytes);
-    let mut parsed: Vec<Result<PublishItem, CommandError>> = Vec::with_capacity(items.len());
+    let mut parsed: Vec<Result<(PublishItem, Option<String>), CommandError>> =
+        Vec::with_capacity(items.len());
     for raw in &items {
         parsed.push(
             serde_json::from_str::<Action>(raw.get())
@@ -179,14 +281,18 @@ pub(crate) async fn batch(
                         "item must be an object with action, channel or userId, and data",
                     )
                 })
-                .and_then(Action::into_item),
+                .and_then(Action::into_keyed),
         );
     }
-    let valid: Vec<PublishItem> = parsed
+    let valid: Vec<(PublishItem, Option<String>)> = parsed
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
-    let mut outcomes = node.publish_many(valid).await?.into_iter();
+    let publish = node.publish_many_keyed(valid);
+    let mut outcomes = match tokio::time::timeout(limits.request_timeout, publish).await {
+        Ok(outcomes) => outcomes?.into_iter(),
+        Err(_) => return Err(ApiError::outcome_unknown(limits.request_timeout)),
+    };
     let results: Vec<Value> = parsed
         .into_iter()
         .map(|p| {

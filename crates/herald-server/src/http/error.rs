@@ -69,6 +69,17 @@ impl ApiError {
         }
     }
 
+    /// 503 / 1011 for a publish handed to the engine that did not answer in
+    /// time: it may or may not have been stored. Retrying with the same
+    /// idempotency key is safe; it answers the original if it landed.
+    pub fn outcome_unknown(waited: std::time::Duration) -> Self {
+        Self::unavailable(format!(
+            "the store did not confirm this publish within {} (limits.request_timeout): \
+             its outcome is unknown; retry with the same Idempotency-Key",
+            humantime::format_duration(waited)
+        ))
+    }
+
     /// The status a protocol code maps to.
     pub fn status_for(code: ErrorCode) -> StatusCode {
         match code {

@@ -35,7 +35,11 @@ pub fn router(node: Arc<Node>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
         .expose_headers([header::RETRY_AFTER]);
     // Every request is bounded in time, body upload included: a client that
     // trickles a body, or an engine that stalls, can't hold a task forever.
@@ -52,15 +56,27 @@ pub fn router(node: Arc<Node>) -> Router {
     let limit = limits.request_timeout;
     let short = from_fn_with_state(limit, deadline);
     let long = from_fn_with_state(limit + poll::MAX_WAIT, deadline);
+    // Publishes bound their two phases themselves (body: 408; engine: 503
+    // "outcome unknown", see api.rs); this is only a backstop behind both.
+    let publish = from_fn_with_state(limit * 2 + Duration::from_secs(1), deadline);
     let ops = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/realtime-demo", get(ops::demo))
-        .route("/api/websocket", get(api::status).post(api::control))
-        .route("/api/users/{user}/notifications", post(api::notify_user))
-        .route("/api/batch", post(api::batch))
         .route_layer(short.clone());
+    let publishes = Router::new()
+        .route(
+            "/api/websocket",
+            get(api::status)
+                .layer(short.clone())
+                .merge(post(api::control).layer(publish.clone())),
+        )
+        .route(
+            "/api/users/{user}/notifications",
+            post(api::notify_user).layer(publish.clone()),
+        )
+        .route("/api/batch", post(api::batch).layer(publish.clone()));
     let polls = Router::new()
         .route("/api/venues/updates", get(poll::venue_updates))
         .route("/api/venues/{venue}/updates", get(poll::venue))
@@ -74,9 +90,10 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/channels/{channel}/messages",
             get(poll::channel)
                 .layer(long)
-                .merge(post(api::publish_channel).layer(short)),
+                .merge(post(api::publish_channel).layer(publish)),
         )
         .merge(ops)
+        .merge(publishes)
         .merge(polls)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

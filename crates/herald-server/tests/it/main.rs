@@ -5,9 +5,11 @@
 mod util;
 
 mod api;
+mod auth;
 mod fanout;
-mod hostile_http;
 mod hostile_conns;
+mod hostile_http;
+mod idempotency;
 mod lifecycle;
 mod polling;
 mod protocol;

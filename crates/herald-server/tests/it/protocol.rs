@@ -90,12 +90,13 @@ async fn claim_namespaces_follow_the_channels_claim_and_admin_role() {
         "u1",
         60,
         None,
-        Some(vec!["priv:a*", "priv:exact"]),
+        // SPEC §4: `*` stands for whole trailing segments only.
+        Some(vec!["priv:a:*", "priv:exact"]),
     )))
     .await
     .unwrap();
     assert_eq!(
-        c.subscribe("priv:abc", None).await.unwrap()["type"],
+        c.subscribe("priv:a:bc", None).await.unwrap()["type"],
         "subscribed"
     );
     assert_eq!(

@@ -7,5 +7,6 @@ mod util;
 
 mod cli;
 mod durability;
-mod hostile;
 mod fd_reserve;
+mod hostile;
+mod publish;
