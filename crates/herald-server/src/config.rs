@@ -199,7 +199,9 @@ pub struct LimitsConfig {
     /// ends early (`more: true`) rather than grow past it.
     pub max_page_bytes: usize,
     /// Channels the engine keeps at once; publishing to a new channel past
-    /// it is refused (1004 / 429).
+    /// it is refused (1004 / 429). Notification inboxes are not counted
+    /// (only API-key holders create them; their bytes count against
+    /// `max_history_bytes`). Emptied channels free their place when swept.
     pub max_channels: usize,
     /// Bytes of message data the engine keeps in history and inboxes, all
     /// streams together; publishing past it is refused (1004 / 429).

@@ -359,6 +359,23 @@ impl FanoutSink for Hub {
             self.deliver_one(p);
         }
     }
+
+    fn is_watched(&self, stream: &str) -> bool {
+        let shard = self.shard(stream).read();
+        shard.streams.contains_key(stream) || shard.waiters.contains_key(stream)
+    }
+
+    fn stream_removed(&self, stream: &str) {
+        let shard = self.shard(stream).read();
+        if let Some(subs) = shard.streams.get(stream) {
+            // They may hold offsets of the removed stream and would skip the
+            // new one's 1, 2, …; closing with 4003 makes them resume by
+            // cursor, and the epoch change tells them `recovered: false`.
+            for conn in subs {
+                conn.kick(CloseCode::SlowConsumer);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub mod ids;
 mod json_shape;
 pub mod metrics;
 pub mod node;
+pub mod private_fs;
+pub mod quota;
 pub mod server;
 mod session;
 pub mod tls;

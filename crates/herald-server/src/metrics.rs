@@ -23,6 +23,14 @@ pub struct Metrics {
     pub poll_rate_limited: Counter,
     /// Users and addresses with a poll rate bucket in memory.
     pub poll_rate_keys: Gauge,
+    /// Channels the engine keeps (set at scrape time).
+    pub channels: Gauge,
+    /// Channels and inboxes the engine keeps (set at scrape time).
+    pub streams: Gauge,
+    /// Bytes of message data kept (set at scrape time).
+    pub history_bytes: Gauge,
+    /// Bytes of the store's files on disk (set at scrape time).
+    pub store_bytes: Gauge,
     /// Messages and notifications accepted for publishing.
     pub messages_published: Counter,
     /// Frames handed to connection queues.
@@ -71,6 +79,10 @@ impl Metrics {
             long_poll_waiters: Gauge::default(),
             poll_rate_limited: Counter::default(),
             poll_rate_keys: Gauge::default(),
+            channels: Gauge::default(),
+            streams: Gauge::default(),
+            history_bytes: Gauge::default(),
+            store_bytes: Gauge::default(),
             messages_published: Counter::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Counter::default(),
@@ -112,6 +124,26 @@ impl Metrics {
             "poll_rate_keys",
             "Users and addresses with a poll rate bucket in memory",
             m.poll_rate_keys.clone(),
+        );
+        registry.register(
+            "channels",
+            "Channels the engine keeps (limits.max_channels)",
+            m.channels.clone(),
+        );
+        registry.register(
+            "streams",
+            "Channels and notification inboxes the engine keeps",
+            m.streams.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of message data kept in history and inboxes (limits.max_history_bytes)",
+            m.history_bytes.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes of the embedded store's files (database and WAL)",
+            m.store_bytes.clone(),
         );
         registry.register(
             "messages_published",

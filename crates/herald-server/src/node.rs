@@ -20,13 +20,14 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
-    EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication, PublishRequest,
-    Retention, StoredKey, StoredMessage,
+    Budget, EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication,
+    PublishRequest, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
 use crate::ids::random_token;
 use crate::metrics::Metrics;
+use crate::quota::PublishQuota;
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +198,8 @@ pub struct Node {
     /// Sockets per address, the open-file reserve, client addresses.
     pub(crate) conns: crate::conns::Conns,
     idempotency: Arc<IdempotencyKeys>,
+    /// Client publishes per user (all its connections together).
+    client_publishes: PublishQuota,
     namespaces: HashMap<String, NamespacePolicy>,
     default_namespace: NamespacePolicy,
     id: String,
@@ -234,14 +237,19 @@ impl Node {
     pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
+        let budget = Budget {
+            max_channels: config.limits.max_channels,
+            max_history_bytes: config.limits.max_history_bytes,
+        };
         let (engine, embedded): (Arc<dyn Engine>, _) = match config.engine.kind {
-            EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone())), None),
+            EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone(), budget)), None),
             // Redis is refused by config validation until it exists.
             EngineKind::Embedded | EngineKind::Redis => {
                 let e = Arc::new(EmbeddedEngine::open(
                     &config.engine.path,
                     config.engine.sync,
                     hub.clone(),
+                    budget,
                 )?);
                 (e.clone() as Arc<dyn Engine>, Some(e))
             }
@@ -283,7 +291,12 @@ impl Node {
         if let Some(store) = &embedded {
             restore_keys(&idempotency, store, config.limits.max_idempotency_keys);
         }
+        let client_publishes = PublishQuota::new(
+            config.limits.client_publishes_per_second,
+            config.limits.client_publish_burst,
+        );
         Ok(Arc::new(Self {
+            client_publishes,
             config: Arc::new(config),
             hub,
             engine,
@@ -386,6 +399,23 @@ impl Node {
         self.check_subscribe(who, channel)
     }
 
+    /// Takes one client publish from the quota of `who` (per user over all
+    /// its connections; per connection `conn` when anonymous): 1005 when spent.
+    pub fn take_client_publish(&self, who: &Identity, conn: u64) -> Result<(), CommandError> {
+        if self.client_publishes.take(who.user.as_deref(), conn) {
+            Ok(())
+        } else {
+            self.metrics.rate_limited.inc();
+            Err(CommandError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many publishes: at most {} per second per user (limits.client_publishes_per_second)",
+                    self.config.limits.client_publishes_per_second
+                ),
+            ))
+        }
+    }
+
     /// Takes a connection slot for `user`, or says which limit refused it.
     pub fn open_session(self: &Arc<Self>, user: Option<&str>) -> Result<SessionSlot, CommandError> {
         let limits = &self.config.limits;
@@ -449,9 +479,11 @@ impl Node {
     /// Publishes one item whose data is already JSON text.
     pub async fn publish_one(&self, item: PublishItem) -> Result<Publication, NodeError> {
         let request = self.validate(item)?;
-        let mut pubs = self.commit(vec![request], Vec::new()).await?;
-        pubs.pop()
-            .ok_or_else(|| EngineError("engine returned nothing".into()).into())
+        let mut outcomes = self.commit(vec![request], Vec::new()).await?;
+        match outcomes.pop() {
+            Some(outcome) => Ok(outcome?),
+            None => Err(EngineError("engine returned nothing".into()).into()),
+        }
     }
 
     /// Publishes one item under an optional idempotency key: a key seen
@@ -467,11 +499,11 @@ impl Node {
     ) -> Result<Receipt, NodeError> {
         let request = self.validate(item)?;
         let Some(key) = key else {
-            let pubs = self.commit(vec![request], Vec::new()).await?;
-            return pubs
-                .first()
-                .map(Receipt::from)
-                .ok_or_else(|| EngineError("engine returned nothing".into()).into());
+            let mut outcomes = self.commit(vec![request], Vec::new()).await?;
+            return match outcomes.pop() {
+                Some(outcome) => Ok(Receipt::from(&outcome?)),
+                None => Err(EngineError("engine returned nothing".into()).into()),
+            };
         };
         idempotency::validate_key(key)?;
         // Each turn either answers or finds the key's publish failed; a few
@@ -487,11 +519,11 @@ impl Node {
                 Claim::Owner(owner) => {
                     let mut request = request;
                     request.key = Some(self.stored_key(key));
-                    let pubs = self.commit(vec![request], vec![Some(owner)]).await?;
-                    return pubs
-                        .first()
-                        .map(Receipt::from)
-                        .ok_or_else(|| EngineError("engine returned nothing".into()).into());
+                    let mut outcomes = self.commit(vec![request], vec![Some(owner)]).await?;
+                    return match outcomes.pop() {
+                        Some(outcome) => Ok(Receipt::from(&outcome?)),
+                        None => Err(EngineError("engine returned nothing".into()).into()),
+                    };
                 }
             }
         }
@@ -553,9 +585,14 @@ impl Node {
         for p in pending {
             results.push(match p {
                 Pending::Ready(r) => r,
-                Pending::Commit(i) => pubs.get(i).map(Receipt::from).ok_or_else(|| {
-                    CommandError::new(ErrorCode::Internal, "engine returned too few")
-                }),
+                Pending::Commit(i) => match pubs.get(i) {
+                    Some(Ok(publication)) => Ok(Receipt::from(publication)),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err(CommandError::new(
+                        ErrorCode::Internal,
+                        "engine returned too few",
+                    )),
+                },
                 Pending::Wait(rx) => idempotency::wait(rx).await.ok_or_else(|| {
                     CommandError::new(
                         ErrorCode::Internal,
@@ -585,13 +622,16 @@ impl Node {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let mut pubs = self.commit(requests, Vec::new()).await?.into_iter();
+        let mut outcomes = self.commit(requests, Vec::new()).await?.into_iter();
         Ok(results
             .into_iter()
             .map(|r| match r {
                 Some(r) => r,
-                None => pubs.next().ok_or_else(|| {
-                    CommandError::new(ErrorCode::Internal, "engine returned too few")
+                None => outcomes.next().unwrap_or_else(|| {
+                    Err(CommandError::new(
+                        ErrorCode::Internal,
+                        "engine returned too few",
+                    ))
                 }),
             })
             .collect())
@@ -634,35 +674,43 @@ impl Node {
     /// Hands `requests` to the engine in a task of its own, so that a caller
     /// that gives up (a request timeout, a dropped connection) cannot hide a
     /// commit: the task still completes `owners` (idempotency keys, one per
-    /// request where given) with what landed, or releases them on failure.
+    /// request where given) with what landed, or releases them on failure or
+    /// refusal. One outcome per request, a budget refusal being 1004 (HTTP 429).
     async fn commit(
         &self,
         requests: Vec<PublishRequest>,
         owners: Vec<Option<Owner>>,
-    ) -> Result<Vec<Publication>, EngineError> {
+    ) -> Result<Vec<Result<Publication, CommandError>>, EngineError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
         let engine = self.engine.clone();
         let metrics = self.metrics.clone();
         let task = self.tracker.spawn(async move {
-            let n = requests.len() as u64;
-            let result = engine.publish(requests).await;
-            match &result {
-                Ok(pubs) => {
+            match engine.publish(requests).await {
+                Ok(outcomes) => {
+                    let n = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
                     metrics.messages_published.inc_by(n);
-                    for (owner, publication) in owners.into_iter().zip(pubs) {
-                        if let Some(owner) = owner {
-                            owner.complete(Receipt::from(publication));
-                        }
-                    }
+                    let mut owners = owners.into_iter();
+                    Ok(outcomes
+                        .into_iter()
+                        .map(|outcome| {
+                            // A refused message releases its key (the owner
+                            // is dropped), so a retry may publish afresh.
+                            let owner = owners.next().flatten();
+                            if let (Ok(publication), Some(owner)) = (&outcome, owner) {
+                                owner.complete(Receipt::from(publication));
+                            }
+                            outcome.map_err(refusal_error)
+                        })
+                        .collect())
                 }
                 // Dropping the owners releases their keys.
-                Err(_) => {
+                Err(e) => {
                     metrics.engine_errors.inc();
+                    Err(e)
                 }
             }
-            result
         });
         task.await
             .map_err(|e| EngineError(format!("publish task failed: {e}")))?
@@ -834,6 +882,12 @@ impl Node {
 
     /// Renders `/metrics`.
     pub fn render_metrics(&self) -> String {
+        let usage = self.engine.usage();
+        let gauge = |n: u64| n.min(i64::MAX as u64) as i64;
+        self.metrics.channels.set(gauge(usage.channels));
+        self.metrics.streams.set(gauge(usage.streams));
+        self.metrics.history_bytes.set(gauge(usage.history_bytes));
+        self.metrics.store_bytes.set(gauge(usage.store_bytes));
         self.metrics
             .connections
             .set(self.connections.load(Ordering::Relaxed) as i64);
@@ -847,10 +901,21 @@ impl Node {
         self.metrics.render()
     }
 
-    /// Deletes expired history (embedded engine); called periodically.
-    pub async fn sweep(&self) {
-        if let Some(embedded) = self.embedded.as_ref() {
-            embedded.sweep().await;
+    /// Deletes expired history and removes empty streams nobody on this node
+    /// watches; called every `engine.sweep_interval`. Also forgets idle
+    /// client-publish quotas.
+    pub async fn sweep(&self) -> SweepReport {
+        self.client_publishes.prune();
+        self.engine.sweep().await
+    }
+
+    /// Caps the embedded store's size so writes fail as on a full disk (see
+    /// `EmbeddedEngine::limit_pages_for_tests`); `None` for other engines.
+    #[doc(hidden)]
+    pub async fn limit_store_pages_for_tests(&self, pages: u64) -> Option<u64> {
+        match self.embedded.as_ref() {
+            Some(e) => Some(e.limit_pages_for_tests(pages).await),
+            None => None,
         }
     }
 
@@ -858,4 +923,9 @@ impl Node {
     pub async fn close_engine(&self) {
         self.engine.close().await;
     }
+}
+
+/// A budget refusal as the protocol's 1004 (HTTP 429).
+fn refusal_error(r: Refusal) -> CommandError {
+    CommandError::new(ErrorCode::LimitExceeded, r.to_string())
 }

@@ -409,7 +409,10 @@ where
 fn spawn_sweeper(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
     let node = node.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(crate::engine::EmbeddedEngine::sweep_interval());
+        let period = node.config().engine.sweep_interval;
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A sweep that outlasts the period is not followed by a burst.
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             node.sweep().await;

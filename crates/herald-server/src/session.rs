@@ -530,7 +530,11 @@ impl Session {
 
     async fn on_publish(&mut self, id: Option<u64>, channel: String, data: &str) -> Step {
         let who = self.identity.clone().unwrap_or_default();
-        if let Err(e) = self.node.check_client_publish(&who, &channel) {
+        if let Err(e) = self
+            .node
+            .check_client_publish(&who, &channel)
+            .and_then(|()| self.node.take_client_publish(&who, self.conn.id))
+        {
             return self.send_error(id, &e).await;
         }
         let item = PublishItem::Broadcast {

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use herald_server::config::Config;
 use herald_server::ids::random_token;
+use herald_server::private_fs;
 
 /// Fills in any missing API key and HMAC secret, writes dev.env, and warns.
 pub(crate) fn prepare(config: &mut Config) -> Result<()> {
@@ -20,13 +21,16 @@ pub(crate) fn prepare(config: &mut Config) -> Result<()> {
         config.auth.hmac_secret = Some(random_token(48));
     }
     let dir = &config.engine.path;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The directory and dev.env hold the API key and the signing secret:
+    // private to this user whatever the umask.
+    private_fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("dev.env");
     let mut text = format!("HERALD_AUTH_API_KEYS={}\n", config.auth.api_keys.join(","));
     if let Some(secret) = &config.auth.hmac_secret {
         text.push_str(&format!("HERALD_AUTH_HMAC_SECRET={secret}\n"));
     }
-    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    private_fs::write_secret(&path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
         "\nherald dev mode: loopback only; anonymous clients allowed; every namespace public;\n\
          `connect` may name a user without a token. Do not expose this server.\n\

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,50 +21,188 @@ struct Kept {
     data: Arc<str>,
 }
 
-#[derive(Default)]
 struct Stream {
+    epoch: Arc<str>,
+    /// The sweep generation it was created in (see [`stream_epoch`]).
+    generation: u64,
     top: u64,
     last_ts: u64,
     kept: VecDeque<Kept>,
 }
 
 impl Stream {
-    fn drop_expired(&mut self, now: u64) {
+    /// Drops expired messages; returns the bytes freed.
+    fn drop_expired(&mut self, now: u64) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
         while self.kept.front().is_some_and(|m| m.expire_at <= now) {
-            self.kept.pop_front();
+            if let Some(m) = self.kept.pop_front() {
+                n += 1;
+                bytes += m.data.len() as u64;
+            }
         }
+        (n, bytes)
     }
 }
 
 /// History in memory, sharded by stream so unrelated publishes don't contend.
 pub struct MemoryEngine {
-    epoch: Arc<str>,
+    base_epoch: Arc<str>,
+    /// The current sweep generation; new streams take its epoch.
+    generation: AtomicU64,
     shards: Vec<Mutex<HashMap<Arc<str>, Stream>>>,
     hasher: RandomState,
     sink: Arc<dyn FanoutSink>,
+    budget: Budget,
+    channels: AtomicU64,
+    streams: AtomicU64,
+    history_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryEngine")
-            .field("epoch", &self.epoch)
+            .field("epoch", &self.base_epoch)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryEngine {
     /// A new, empty engine with a fresh epoch.
-    pub fn new(sink: Arc<dyn FanoutSink>) -> Self {
+    pub fn new(sink: Arc<dyn FanoutSink>, budget: Budget) -> Self {
         Self {
-            epoch: random_token(8).into(),
+            base_epoch: random_token(8).into(),
+            generation: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             sink,
+            budget,
+            channels: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
         }
     }
 
     fn shard(&self, stream: &str) -> &Mutex<HashMap<Arc<str>, Stream>> {
         &self.shards[self.hasher.hash_one(stream) as usize % SHARDS]
+    }
+
+    fn free_bytes(&self, bytes: u64) {
+        self.history_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Counts a new stream, or says which budget refuses it.
+    fn admit_stream(&self, stream: &str) -> Result<(), Refusal> {
+        if is_channel(stream) {
+            let max = self.budget.max_channels as u64;
+            self.channels
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .map_err(|_| Refusal::Channels(self.budget.max_channels))?;
+        }
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn forget_stream(&self, stream: &str) {
+        if is_channel(stream) {
+            self.channels.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Appends one message under its shard's lock.
+    fn publish_one(&self, req: PublishRequest) -> Outcome {
+        let mut shard = self.shard(&req.stream).lock();
+        let created = !shard.contains_key(&req.stream);
+        if created {
+            self.admit_stream(&req.stream)?;
+        }
+        let stream = shard.entry(req.stream.clone()).or_insert_with(|| {
+            let generation = self.generation.load(Ordering::Acquire);
+            Stream {
+                epoch: stream_epoch(&self.base_epoch, generation),
+                generation,
+                top: 0,
+                last_ts: 0,
+                kept: VecDeque::new(),
+            }
+        });
+        let ts = next_ts(stream.last_ts);
+        let (_, expired) = stream.drop_expired(ts);
+        self.free_bytes(expired);
+        // Bytes the size limit will trim once this message is in.
+        let trimmed = (stream.kept.len() + 1).saturating_sub(req.retention.size);
+        let freed: u64 = stream
+            .kept
+            .iter()
+            .take(trimmed)
+            .map(|m| m.data.len() as u64)
+            .sum();
+        let len = req.data.len() as u64;
+        let max = self.budget.max_history_bytes;
+        let fits = self
+            .history_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                let after = b.saturating_sub(freed).saturating_add(len);
+                (after <= max).then_some(after)
+            });
+        if fits.is_err() {
+            if created {
+                shard.remove(&req.stream);
+                self.forget_stream(&req.stream);
+            }
+            return Err(Refusal::HistoryBytes(max));
+        }
+        stream.top += 1;
+        stream.last_ts = ts;
+        stream.kept.push_back(Kept {
+            offset: stream.top,
+            ts,
+            expire_at: expire_at(ts, req.retention.ttl),
+            data: req.data.clone(),
+        });
+        // Already taken off the total above.
+        stream.kept.drain(..trimmed);
+        let publication = Publication {
+            stream: req.stream,
+            epoch: stream.epoch.clone(),
+            offset: stream.top,
+            ts,
+            data: req.data,
+        };
+        // Delivered under the shard lock: that is what keeps fan-out in
+        // offset order when two publishes to one stream race.
+        self.sink.deliver(std::slice::from_ref(&publication));
+        Ok(publication)
+    }
+
+    /// Sweeps one shard: drops expired messages and removes streams that are
+    /// empty and unwatched. The lock is held for one pass over the shard's
+    /// streams (a 64th of them); publishes to other shards go on meanwhile.
+    fn sweep_shard(&self, shard: &Mutex<HashMap<Arc<str>, Stream>>, report: &mut SweepReport) {
+        let now = unix_millis();
+        let mut shard = shard.lock();
+        let mut freed = 0;
+        shard.retain(|key, stream| {
+            let (n, bytes) = stream.drop_expired(now);
+            report.expired += n;
+            freed += bytes;
+            if !stream.kept.is_empty() || self.sink.is_watched(key) {
+                return true;
+            }
+            // Streams of the current generation may be recreated under this
+            // very epoch, so move on to the next generation first. Publishes
+            // to this shard wait for the lock; others create their streams in
+            // the new generation from now on.
+            if stream.generation >= self.generation.load(Ordering::Acquire) {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            self.forget_stream(key);
+            report.streams_removed += 1;
+            false
+        });
+        self.free_bytes(freed);
     }
 }
 
@@ -73,41 +212,11 @@ impl Engine for MemoryEngine {
         "memory"
     }
 
-    async fn publish(
-        &self,
-        requests: Vec<PublishRequest>,
-    ) -> Result<Vec<Publication>, EngineError> {
-        let mut out = Vec::with_capacity(requests.len());
-        for req in requests {
-            let mut shard = self.shard(&req.stream).lock();
-            let stream = shard.entry(req.stream.clone()).or_default();
-            let ts = next_ts(stream.last_ts);
-            stream.top += 1;
-            stream.last_ts = ts;
-            stream.kept.push_back(Kept {
-                offset: stream.top,
-                ts,
-                expire_at: expire_at(ts, req.retention.ttl),
-                data: req.data.clone(),
-            });
-            while stream.kept.len() > req.retention.size {
-                stream.kept.pop_front();
-            }
-            stream.drop_expired(ts);
-            let publication = Publication {
-                stream: req.stream,
-                epoch: self.epoch.clone(),
-                offset: stream.top,
-                ts,
-                data: req.data,
-            };
-            // Delivered under the shard lock: that is what keeps fan-out in
-            // offset order when two publishes to one stream race.
-            self.sink.deliver(std::slice::from_ref(&publication));
-            drop(shard);
-            out.push(publication);
-        }
-        Ok(out)
+    async fn publish(&self, requests: Vec<PublishRequest>) -> Result<Vec<Outcome>, EngineError> {
+        Ok(requests
+            .into_iter()
+            .map(|req| self.publish_one(req))
+            .collect())
     }
 
     async fn history(
@@ -120,14 +229,15 @@ impl Engine for MemoryEngine {
         let mut shard = self.shard(stream).lock();
         let Some(s) = shard.get_mut(stream) else {
             return Ok(HistoryPage {
-                epoch: self.epoch.clone(),
+                epoch: stream_epoch(&self.base_epoch, self.generation.load(Ordering::Acquire)),
                 top: 0,
                 first_kept: 1,
                 first_kept_ts: None,
                 messages: Vec::new(),
             });
         };
-        s.drop_expired(unix_millis());
+        let (_, freed) = s.drop_expired(unix_millis());
+        self.free_bytes(freed);
         let messages = within_bytes(
             s.kept
                 .iter()
@@ -145,7 +255,7 @@ impl Engine for MemoryEngine {
             max_bytes,
         );
         Ok(HistoryPage {
-            epoch: self.epoch.clone(),
+            epoch: s.epoch.clone(),
             top: s.top,
             first_kept: s.kept.front().map_or(s.top + 1, |m| m.offset),
             first_kept_ts: s.kept.front().map(|m| m.ts),
@@ -155,6 +265,25 @@ impl Engine for MemoryEngine {
 
     async fn ready(&self) -> bool {
         true
+    }
+
+    async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        for shard in &self.shards {
+            self.sweep_shard(shard, &mut report);
+            // One shard at a time, letting other tasks run in between.
+            tokio::task::yield_now().await;
+        }
+        report
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            channels: self.channels.load(Ordering::Relaxed),
+            streams: self.streams.load(Ordering::Relaxed),
+            history_bytes: self.history_bytes.load(Ordering::Relaxed),
+            store_bytes: 0,
+        }
     }
 
     async fn close(&self) {}
@@ -168,8 +297,22 @@ mod tests {
     #[tokio::test]
     async fn memory_engine_contract() {
         let sink = Arc::new(Recorder::default());
-        let engine = MemoryEngine::new(sink.clone());
+        let engine = MemoryEngine::new(sink.clone(), Budget::UNLIMITED);
         offsets_are_gap_free_and_history_is_exact(&engine, &sink).await;
         ttl_expires_messages_but_not_offsets(&engine).await;
+        sweeping_removes_expired_and_empty_unwatched_streams(&engine, &sink).await;
+    }
+
+    #[tokio::test]
+    async fn memory_engine_budgets() {
+        let sink = Arc::new(Recorder::default());
+        let engine = MemoryEngine::new(
+            sink,
+            Budget {
+                max_channels: 2,
+                max_history_bytes: 10,
+            },
+        );
+        budgets_refuse_new_channels_and_history_bytes(&engine).await;
     }
 }

@@ -125,10 +125,99 @@ pub struct HistoryPage {
 #[error("engine unavailable: {0}")]
 pub struct EngineError(pub String);
 
+/// What an engine keeps at most, all streams together. Checked before a
+/// message is stored; expired and trimmed messages, and removed streams, free
+/// budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Channels kept at once (inboxes are not counted: only API-key holders
+    /// create them, and their bytes count against `max_history_bytes`).
+    pub max_channels: usize,
+    /// Bytes of message data kept in history and inboxes.
+    pub max_history_bytes: u64,
+}
+
+impl Budget {
+    /// No limits (tests and embedding applications that bound input themselves).
+    pub const UNLIMITED: Self = Self {
+        max_channels: usize::MAX,
+        max_history_bytes: u64::MAX,
+    };
+}
+
+/// Why an engine refused one message; nothing was stored for it, and the
+/// other messages of the same call are unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The message would create a channel past [`Budget::max_channels`].
+    #[error("too many channels: this server keeps at most {0} (limits.max_channels); publish to an existing channel or try later")]
+    Channels(usize),
+    /// The message would take kept data past [`Budget::max_history_bytes`].
+    #[error("message history is full: this server keeps at most {0} bytes of messages (limits.max_history_bytes); try later")]
+    HistoryBytes(u64),
+}
+
+/// The outcome of one message of a publish call.
+pub type Outcome = Result<Publication, Refusal>;
+
+/// What an engine keeps right now, for the gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Channels (streams that are not inboxes).
+    pub channels: u64,
+    /// Channels and inboxes.
+    pub streams: u64,
+    /// Bytes of message data kept (expired messages count until swept).
+    pub history_bytes: u64,
+    /// Bytes of the store's files on disk (0 for the memory engine).
+    pub store_bytes: u64,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired messages deleted.
+    pub expired: u64,
+    /// Empty, unwatched streams removed.
+    pub streams_removed: u64,
+}
+
 /// Receives committed publications, in offset order per stream.
 pub trait FanoutSink: Send + Sync {
     /// Called once per committed group; must not block.
     fn deliver(&self, publications: &[Publication]);
+
+    /// Whether anyone on this node listens to `stream` (a subscriber or a
+    /// long poll). A watched stream is never removed by a sweep: a listener
+    /// remembers the last offset it sent, and a stream that restarted at 1
+    /// would look like old news to it.
+    fn is_watched(&self, _stream: &str) -> bool {
+        false
+    }
+
+    /// `stream` was removed and restarts at offset 1 under a new epoch; any
+    /// subscriber that attached while it was being removed must resume.
+    fn stream_removed(&self, _stream: &str) {}
+}
+
+/// The epoch of streams created in sweep generation `generation`: the store's
+/// epoch, then `g` and the generation (generation 0 is the store's epoch
+/// itself, so cursors from before generations existed stay valid). A sweep
+/// that removes streams moves to the next generation first, so a stream that
+/// comes back never reuses the epoch of the one removed: an old cursor then
+/// gets `recovered: false`, never offsets 1, 2, … that it would take as
+/// already seen. At most 8 + 1 + 20 alphanumerics, within a cursor's 64.
+pub(crate) fn stream_epoch(base: &str, generation: u64) -> Arc<str> {
+    if generation == 0 {
+        base.into()
+    } else {
+        format!("{base}g{generation}").into()
+    }
+}
+
+/// Whether `stream` is a channel (not an inbox) for [`Budget::max_channels`].
+pub(crate) fn is_channel(stream: &str) -> bool {
+    !stream.starts_with(crate::hub::INBOX_PREFIX)
 }
 
 /// A history store with fan-out.
@@ -137,10 +226,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// `embedded` or `memory`.
     fn name(&self) -> &'static str;
 
-    /// Appends the messages (in order) and returns their publications, after
-    /// they are durable (for durable engines) and handed to the sink.
-    async fn publish(&self, requests: Vec<PublishRequest>)
-        -> Result<Vec<Publication>, EngineError>;
+    /// Appends the messages (in order) and returns one outcome per request:
+    /// its publication, after it is durable (for durable engines) and handed
+    /// to the sink, or the budget that refused it.
+    async fn publish(&self, requests: Vec<PublishRequest>) -> Result<Vec<Outcome>, EngineError>;
 
     /// Reads a stream's position and up to `limit` messages from `from`,
     /// stopping before the message that would take the page's data past
@@ -156,6 +245,14 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Whether the engine can take publishes now.
     async fn ready(&self) -> bool;
+
+    /// Deletes expired messages and removes streams that are empty and
+    /// unwatched (see [`FanoutSink::is_watched`]), in small slices so that
+    /// publishes never wait long behind it; returns when done.
+    async fn sweep(&self) -> SweepReport;
+
+    /// What the engine keeps now.
+    fn usage(&self) -> Usage;
 
     /// Finishes pending writes and releases the store.
     async fn close(&self);
@@ -197,7 +294,11 @@ pub(crate) mod contract {
     use parking_lot::Mutex;
 
     #[derive(Default)]
-    pub(crate) struct Recorder(pub(crate) Mutex<Vec<(String, u64)>>);
+    pub(crate) struct Recorder(
+        pub(crate) Mutex<Vec<(String, u64)>>,
+        /// Streams that count as watched.
+        pub(crate) Mutex<Vec<String>>,
+    );
 
     impl FanoutSink for Recorder {
         fn deliver(&self, publications: &[Publication]) {
@@ -208,6 +309,143 @@ pub(crate) mod contract {
                     .map(|p| (p.stream.to_string(), p.offset)),
             );
         }
+
+        fn is_watched(&self, stream: &str) -> bool {
+            self.1.lock().iter().any(|s| s == stream)
+        }
+    }
+
+    fn ok(outcomes: Vec<Outcome>) -> Vec<Publication> {
+        outcomes.into_iter().map(|o| o.unwrap()).collect()
+    }
+
+    fn short(stream: &str) -> PublishRequest {
+        PublishRequest {
+            stream: stream.into(),
+            data: "1".into(),
+            retention: Retention {
+                size: 10,
+                ttl: Duration::from_millis(1),
+            },
+            key: None,
+        }
+    }
+
+    /// A sweep deletes expired messages and removes empty streams nobody
+    /// watches; a removed stream comes back under a new epoch (§2: an old
+    /// cursor must get `recovered: false`, never offsets it takes as seen),
+    /// and an unpublished stream's epoch stays valid after its first publish.
+    pub(crate) async fn sweeping_removes_expired_and_empty_unwatched_streams(
+        engine: &dyn Engine,
+        sink: &Recorder,
+    ) {
+        sink.1.lock().push("watched".into());
+        let first = ok(engine
+            .publish(vec![
+                short("gone"),
+                short("gone"),
+                short("watched"),
+                short("#inbox"),
+                req("kept", "22", 5),
+            ])
+            .await
+            .unwrap());
+        let old_epoch = first[0].epoch.clone();
+        let before = engine.usage();
+        assert!(before.history_bytes >= 6, "{before:?}");
+        // Wall time must pass for the messages to expire.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let report = engine.sweep().await;
+        // The memory engine may already have dropped the first "gone" at the
+        // second publish if a millisecond passed in between.
+        assert!(report.expired >= 3, "{report:?}");
+        assert!(report.streams_removed >= 2, "gone and #inbox: {report:?}");
+        let after = engine.usage();
+        assert_eq!(after.streams, before.streams - report.streams_removed);
+        assert_eq!(after.history_bytes, before.history_bytes - report.expired);
+        let watched = engine
+            .history("watched", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(watched.top, 1, "a watched stream is never removed");
+        assert_eq!(watched.epoch, old_epoch);
+        let kept = engine
+            .history("kept", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((kept.top, kept.messages.len()), (1, 1));
+        let gone = engine
+            .history("gone", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(gone.top, 0, "the removed stream starts over");
+        assert_ne!(
+            gone.epoch, old_epoch,
+            "a removed stream never reuses its epoch"
+        );
+        assert!(gone.epoch.len() <= 64 && gone.epoch.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let again = ok(engine.publish(vec![short("gone")]).await.unwrap());
+        assert_eq!(again[0].offset, 1);
+        assert_eq!(
+            again[0].epoch, gone.epoch,
+            "the epoch read before the first publish stays valid"
+        );
+        // A stream created after the sweep lives in the new generation too.
+        let fresh = ok(engine.publish(vec![req("fresh", "1", 5)]).await.unwrap());
+        assert_eq!(fresh[0].epoch, gone.epoch);
+        sink.1.lock().clear();
+    }
+
+    /// Budgets refuse exactly the messages past them, each on its own; trimmed
+    /// messages free budget; inboxes are not channels.
+    pub(crate) async fn budgets_refuse_new_channels_and_history_bytes(engine: &dyn Engine) {
+        // Made with Budget { max_channels: 2, max_history_bytes: 10 }.
+        let out = engine
+            .publish(vec![
+                req("a", "1234", 1),
+                req("b", "1234", 5),
+                req("c", "1", 5),
+                req("#user", "1", 5),
+                req("b", "12", 5),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out[0].as_ref().unwrap().offset, 1);
+        assert_eq!(out[1].as_ref().unwrap().offset, 1);
+        assert_eq!(out[2].as_ref().unwrap_err(), &Refusal::Channels(2));
+        assert_eq!(
+            out[3].as_ref().unwrap().offset,
+            1,
+            "inboxes are not channels"
+        );
+        assert_eq!(
+            out[4].as_ref().unwrap_err(),
+            &Refusal::HistoryBytes(10),
+            "4 + 4 + 1 + 2 > 10"
+        );
+        let usage = engine.usage();
+        assert_eq!(
+            (usage.channels, usage.streams, usage.history_bytes),
+            (2, 3, 9)
+        );
+        // "a" keeps one message: a new one of 5 bytes replaces the 4 kept.
+        let out = engine
+            .publish(vec![req("a", "12345", 1), req("b", "1", 5)])
+            .await
+            .unwrap();
+        assert_eq!(out[0].as_ref().unwrap().offset, 2, "trimming frees budget");
+        assert_eq!(out[1].as_ref().unwrap_err(), &Refusal::HistoryBytes(10));
+        assert_eq!(engine.usage().history_bytes, 10);
+        let page = engine
+            .history("c", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(page.top, 0, "a refused channel was not created");
+        let page = engine
+            .history("b", HistoryFrom::Oldest, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(page.top, 1, "a refused message took no offset");
     }
 
     fn req(stream: &str, data: &str, size: usize) -> PublishRequest {
@@ -234,7 +472,7 @@ pub(crate) mod contract {
             (empty.top, empty.first_kept, empty.messages.len()),
             (0, 1, 0)
         );
-        let pubs = engine
+        let pubs = ok(engine
             .publish(
                 (1..=7)
                     .map(|i| req("a", &i.to_string(), 5))
@@ -242,7 +480,7 @@ pub(crate) mod contract {
                     .collect(),
             )
             .await
-            .unwrap();
+            .unwrap());
         let offsets: Vec<u64> = pubs.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6, 7, 1]);
         assert_eq!(
@@ -308,7 +546,7 @@ pub(crate) mod contract {
             },
             key: None,
         };
-        engine.publish(vec![r.clone(), r]).await.unwrap();
+        ok(engine.publish(vec![r.clone(), r]).await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
         let page = engine
             .history("t", HistoryFrom::Oldest, 10, usize::MAX)

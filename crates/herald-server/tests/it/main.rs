@@ -9,6 +9,7 @@ mod auth;
 mod fanout;
 mod hostile_conns;
 mod hostile_http;
+mod hostile_store;
 mod idempotency;
 mod lifecycle;
 mod polling;

@@ -8,5 +8,6 @@ mod util;
 mod cli;
 mod durability;
 mod fd_reserve;
+mod files;
 mod hostile;
 mod publish;

@@ -54,6 +54,12 @@ impl Proc {
         Self::spawn(cmd, cwd)
     }
 
+    /// Starts `cmd` (a `herald serve`, perhaps wrapped) and waits for its
+    /// listening line.
+    pub fn start_command(cwd: &Path, cmd: Command) -> Self {
+        Self::spawn(cmd, cwd)
+    }
+
     fn spawn(mut cmd: Command, cwd: &Path) -> Self {
         let stderr_path = cwd.join(format!("stderr-{}.log", rand_suffix()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
