@@ -482,7 +482,7 @@ async fn a_hostile_crowd_leaves_no_trace_and_the_healthy_subscriber_gets_everyth
             .unwrap();
         assert_eq!(r.status(), 200);
         published += 1;
-        if published % 20 == 0 {
+        if published.is_multiple_of(20) {
             let health = tokio::time::timeout(
                 Duration::from_secs(2),
                 http.get(format!("{origin}/health")).send(),
