@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use herald_protocol::{encode_message_frame, encode_notification_frame, CloseCode};
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, Notify};
 use tungstenite::Utf8Bytes;
 
@@ -48,15 +49,38 @@ pub struct EncodedPub {
 /// The queue is a deque under a lock rather than a tokio `mpsc` channel: a
 /// channel allocates about 800 bytes up front for every connection, while an
 /// empty deque allocates nothing, and most connections sit idle.
+///
+/// Bounded in frames *and* bytes (`limits.outbound_queue` and
+/// `limits.outbound_queue_bytes`): 1024 frames of 64 KiB would otherwise be
+/// 64 MiB per stalled reader. The node-wide gauge
+/// `herald_outbound_queue_bytes` sums what every queue holds (a frame shared
+/// by several queues counts once per queue, as each would keep it alive).
 #[derive(Debug)]
 pub struct Conn {
     /// Unique on this node.
     pub id: u64,
-    queue: Mutex<VecDeque<Arc<EncodedPub>>>,
+    queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
+    queued_bytes: Gauge,
     queued: Notify,
     kicked: AtomicU8,
     kick: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Arc<EncodedPub>>,
+    bytes: usize,
+}
+
+/// What a connection may queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBound {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes of frame text.
+    pub bytes: usize,
 }
 
 /// A drained queue with more room than this gives it back, so a burst does
@@ -64,12 +88,15 @@ pub struct Conn {
 const KEPT_QUEUE_CAPACITY: usize = 16;
 
 impl Conn {
-    /// A connection that queues at most `capacity` frames for its session.
-    pub fn new(id: u64, capacity: usize) -> Self {
+    /// A connection that queues at most `bound` for its session, counting
+    /// what it holds in `queued_bytes`.
+    pub fn new(id: u64, bound: QueueBound, queued_bytes: Gauge) -> Self {
         Self {
             id,
-            queue: Mutex::new(VecDeque::new()),
-            capacity,
+            queue: Mutex::new(Queue::default()),
+            capacity: bound.frames,
+            max_bytes: bound.bytes,
+            queued_bytes,
             queued: Notify::new(),
             kicked: AtomicU8::new(0),
             kick: Notify::new(),
@@ -78,13 +105,16 @@ impl Conn {
 
     /// Queues `p`; false when the queue is full.
     fn try_push(&self, p: Arc<EncodedPub>) -> bool {
+        let len = p.frame.len();
         let mut queue = self.queue.lock();
-        if queue.len() >= self.capacity {
+        if queue.frames.len() >= self.capacity || queue.bytes + len > self.max_bytes {
             return false;
         }
-        let was_empty = queue.is_empty();
-        queue.push_back(p);
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(p);
+        queue.bytes += len;
         drop(queue);
+        self.queued_bytes.inc_by(len as i64);
         // A non-empty queue is drained before the session waits again, so
         // only the first frame needs to wake it. `notify_one` keeps a permit
         // when the session is not waiting yet, so no wake-up is lost.
@@ -100,12 +130,16 @@ impl Conn {
         loop {
             {
                 let mut queue = self.queue.lock();
-                if !queue.is_empty() {
-                    let n = queue.len().min(max);
-                    let batch: Vec<_> = queue.drain(..n).collect();
-                    if queue.is_empty() && queue.capacity() > KEPT_QUEUE_CAPACITY {
-                        *queue = VecDeque::new();
+                if !queue.frames.is_empty() {
+                    let n = queue.frames.len().min(max);
+                    let batch: Vec<_> = queue.frames.drain(..n).collect();
+                    let taken: usize = batch.iter().map(|p| p.frame.len()).sum();
+                    queue.bytes -= taken;
+                    if queue.frames.is_empty() && queue.frames.capacity() > KEPT_QUEUE_CAPACITY {
+                        queue.frames = VecDeque::new();
                     }
+                    drop(queue);
+                    self.queued_bytes.dec_by(taken as i64);
                     return batch;
                 }
             }
@@ -147,6 +181,16 @@ impl Conn {
                 _ => CloseCode::Shutdown,
             }),
         }
+    }
+}
+
+impl Drop for Conn {
+    /// A connection that goes away with frames still queued (a slow
+    /// consumer, a session that ended mid-burst) gives their bytes back to
+    /// the gauge, whatever the path out.
+    fn drop(&mut self) {
+        let bytes = self.queue.get_mut().bytes;
+        self.queued_bytes.dec_by(bytes as i64);
     }
 }
 
@@ -382,6 +426,46 @@ impl FanoutSink for Hub {
 mod tests {
     use super::*;
 
+    fn conn(id: u64, frames: usize) -> Conn {
+        let bound = QueueBound {
+            frames,
+            bytes: usize::MAX,
+        };
+        Conn::new(id, bound, Gauge::default())
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_the_gauge_follows_it() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let gauge = Gauge::default();
+        let frame_len = {
+            let probe = Arc::new(conn(9, 8));
+            let stream: Arc<str> = "c".into();
+            hub.subscribe(&stream, &probe);
+            hub.deliver(&[publication("c", 1)]);
+            let len = probe.next_batch(1).await[0].frame.len();
+            hub.unsubscribe("c", 9);
+            len
+        };
+        let bound = QueueBound {
+            frames: 100,
+            bytes: 2 * frame_len + 1,
+        };
+        let small = Arc::new(Conn::new(1, bound, gauge.clone()));
+        let stream: Arc<str> = "c".into();
+        hub.subscribe(&stream, &small);
+        hub.deliver(&[publication("c", 2), publication("c", 3)]);
+        assert_eq!(gauge.get(), 2 * frame_len as i64);
+        assert!(small.kick_code().is_none(), "two frames fit");
+        hub.deliver(&[publication("c", 4)]);
+        assert_eq!(small.kicked().await, CloseCode::SlowConsumer);
+        assert_eq!(small.next_batch(1).await.len(), 1);
+        assert_eq!(gauge.get(), frame_len as i64);
+        hub.unsubscribe("c", 1);
+        drop(small);
+        assert_eq!(gauge.get(), 0, "a dropped queue gives its bytes back");
+    }
+
     fn publication(stream: &str, offset: u64) -> Publication {
         Publication {
             stream: stream.into(),
@@ -395,7 +479,7 @@ mod tests {
     #[tokio::test]
     async fn one_encoding_is_shared_by_every_subscriber() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (a, b) = (Arc::new(Conn::new(1, 4)), Arc::new(Conn::new(2, 4)));
+        let (a, b) = (Arc::new(conn(1, 4)), Arc::new(conn(2, 4)));
         let stream: Arc<str> = "venue:1".into();
         hub.subscribe(&stream, &a);
         hub.subscribe(&stream, &b);
@@ -415,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_kicks_that_connection_only() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let (slow, fast) = (Arc::new(Conn::new(1, 1)), Arc::new(Conn::new(2, 16)));
+        let (slow, fast) = (Arc::new(conn(1, 1)), Arc::new(conn(2, 16)));
         let stream: Arc<str> = "c".into();
         hub.subscribe(&stream, &slow);
         hub.subscribe(&stream, &fast);

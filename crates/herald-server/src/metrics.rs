@@ -19,6 +19,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Long polls waiting in the hub for a message (set at scrape time).
     pub long_poll_waiters: Gauge,
+    /// Bytes of frames queued for WebSocket sessions, all queues together.
+    pub outbound_queue_bytes: Gauge,
     /// Poll requests refused with 429 / 1005.
     pub poll_rate_limited: Counter,
     /// Users and addresses with a poll rate bucket in memory.
@@ -77,6 +79,7 @@ impl Metrics {
             connections: Gauge::default(),
             subscriptions: Gauge::default(),
             long_poll_waiters: Gauge::default(),
+            outbound_queue_bytes: Gauge::default(),
             poll_rate_limited: Counter::default(),
             poll_rate_keys: Gauge::default(),
             channels: Gauge::default(),
@@ -114,6 +117,11 @@ impl Metrics {
             "long_poll_waiters",
             "Long polls waiting for a message",
             m.long_poll_waiters.clone(),
+        );
+        registry.register(
+            "outbound_queue_bytes",
+            "Bytes of frames queued for WebSocket sessions (limits.outbound_queue_bytes each)",
+            m.outbound_queue_bytes.clone(),
         );
         registry.register(
             "poll_rate_limited",

@@ -113,11 +113,14 @@ pub enum PublishItem {
 pub struct Recovery {
     /// The stream's epoch.
     pub epoch: Arc<str>,
-    /// Where the client stands once `messages` are delivered.
+    /// Where the client stands once the whole replay is delivered.
     pub offset: u64,
     /// Whether exactly the missed messages could be delivered.
     pub recovered: bool,
-    /// The missed messages (or, when not recovered, the kept ones newer than the cursor).
+    /// Messages in the whole replay: the missed ones (or, when not
+    /// recovered, the kept ones newer than the cursor).
+    pub missed: u64,
+    /// The replay's first page; [`Node::replay_page`] reads the rest.
     pub messages: Vec<StoredMessage>,
 }
 
@@ -730,27 +733,38 @@ impl Node {
         }
     }
 
-    /// Reads the history a resuming subscriber missed. Call after subscribing
-    /// the connection in the hub, so that nothing falls between the two.
+    /// Reads what a subscriber resuming from `since` missed: the replay's
+    /// first page (at most `max_bytes` of data, at least one message) and
+    /// where the whole replay ends. A replay is sent in pages as the socket
+    /// drains ([`Node::replay_page`]), so resuming a huge history never holds
+    /// more than a page per connection. Call after subscribing the
+    /// connection in the hub, so that nothing falls between the two.
     pub async fn recover(
         &self,
         stream: &str,
         since: Option<&Cursor>,
+        max_bytes: usize,
     ) -> Result<Recovery, EngineError> {
         let size = self.retention(stream).size;
         let Some(since) = since else {
             let page = self
-                .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0)
+                .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0, max_bytes)
                 .await?;
             return Ok(Recovery {
                 epoch: page.epoch,
                 offset: page.top,
                 recovered: true,
+                missed: 0,
                 messages: Vec::new(),
             });
         };
         let mut page = self
-            .history(stream, HistoryFrom::AfterOffset(since.offset), size)
+            .history(
+                stream,
+                HistoryFrom::AfterOffset(since.offset),
+                size,
+                max_bytes,
+            )
             .await?;
         let same_epoch = *page.epoch == *since.epoch;
         if same_epoch && since.offset > page.top {
@@ -759,20 +773,42 @@ impl Node {
                 epoch: page.epoch,
                 offset: page.top,
                 recovered: false,
+                missed: 0,
                 messages: Vec::new(),
             });
         }
         if !same_epoch {
-            page = self.history(stream, HistoryFrom::Oldest, size).await?;
+            page = self
+                .history(stream, HistoryFrom::Oldest, size, max_bytes)
+                .await?;
         }
         let recovered = same_epoch && since.offset + 1 >= page.first_kept;
-        let offset = page.messages.last().map_or(page.top, |m| m.offset);
+        // History is trimmed from the front only, so what is kept after the
+        // first message of the replay is every offset up to the top.
+        let missed = page
+            .messages
+            .first()
+            .map_or(0, |m| page.top.saturating_sub(m.offset) + 1);
         Ok(Recovery {
             epoch: page.epoch,
-            offset,
+            offset: page.top,
             recovered,
+            missed,
             messages: page.messages,
         })
+    }
+
+    /// The replay's next page: messages of `stream` after offset `after`,
+    /// at most `max_bytes` of data (at least one message).
+    pub async fn replay_page(
+        &self,
+        stream: &str,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<crate::engine::HistoryPage, EngineError> {
+        let size = self.retention(stream).size;
+        self.history(stream, HistoryFrom::AfterOffset(after), size, max_bytes)
+            .await
     }
 
     /// One page of a stream for polling; the same history the live path
@@ -844,9 +880,10 @@ impl Node {
         stream: &str,
         from: HistoryFrom,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<crate::engine::HistoryPage, EngineError> {
         self.engine
-            .history(stream, from, limit, usize::MAX)
+            .history(stream, from, limit, max_bytes)
             .await
             .inspect_err(|_| {
                 self.metrics.engine_errors.inc();

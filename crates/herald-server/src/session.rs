@@ -21,8 +21,8 @@ use tungstenite::Utf8Bytes;
 
 use crate::auth::{unix_now, Identity};
 use crate::conns::IpSlot;
-use crate::hub::{inbox_key, Conn, EncodedPub};
-use crate::node::{Node, NodeError, PublishItem, SessionSlot};
+use crate::hub::{inbox_key, Conn, EncodedPub, QueueBound, INBOX_PREFIX};
+use crate::node::{Node, NodeError, PublishItem, Recovery, SessionSlot};
 use crate::transport::ws::{Inbound, Socket};
 
 /// Most queued frames written in one go.
@@ -53,20 +53,29 @@ pub(crate) fn run(
     socket: Socket,
     ip_slot: Option<IpSlot>,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let limits = &node.config().limits;
+    let bound = QueueBound {
+        frames: limits.outbound_queue,
+        bytes: limits.outbound_queue_bytes,
+    };
     let conn = Arc::new(Conn::new(
         node.next_conn_id(),
-        node.config().limits.outbound_queue,
+        bound,
+        node.metrics.outbound_queue_bytes.clone(),
     ));
-    let limits = &node.config().limits;
     let mut session = Session {
         bucket: TokenBucket::new(limits.commands_per_second, limits.burst),
+        streams: Streams {
+            node: node.clone(),
+            conn: conn.id,
+            last_sent: HashMap::new(),
+        },
         node: node.clone(),
         conn,
         socket,
         identity: None,
         slot: None,
         ip_slot,
-        streams: HashMap::new(),
         inbox: None,
         last_seen: Instant::now(),
         expiry: Expiry::None,
@@ -76,7 +85,8 @@ pub(crate) fn run(
     // A block, not an `async fn`, which would copy `session` into its body.
     async move {
         let stop = session.run_loop().await;
-        session.leave_all();
+        session.streams.leave_all();
+        session.slot = None;
         if let Stop::Close(code) = stop {
             let goodbye = ServerFrame::Disconnect {
                 code: code.as_u16(),
@@ -106,9 +116,8 @@ struct Session {
     slot: Option<SessionSlot>,
     /// This socket's place under `limits.max_connections_per_ip`.
     ip_slot: Option<IpSlot>,
-    /// Every stream this connection listens to (channels and its inbox), with
-    /// the last offset sent on it.
-    streams: HashMap<Arc<str>, u64>,
+    /// Every stream this connection listens to, and the last offset sent on each.
+    streams: Streams,
     inbox: Option<Arc<str>>,
     last_seen: Instant,
     expiry: Expiry,
@@ -176,20 +185,15 @@ impl Session {
         }
     }
 
-    fn leave_all(&mut self) {
-        for stream in self.streams.keys() {
-            self.node.hub.unsubscribe(stream, self.conn.id);
-        }
-        self.streams.clear();
-        self.slot = None;
-    }
-
     /// Writes frames, giving up if the connection is kicked, the server shuts
-    /// down or the client goes silent while the write is stuck.
+    /// down, the client goes silent, or the write stays stuck past
+    /// `limits.write_timeout` (a reader that stopped reading: 4003, like a
+    /// full queue, so it resumes by cursor).
     async fn write(&mut self, frames: Vec<Utf8Bytes>) -> Step {
         let hb = &self.node.config().heartbeat;
         let silence_deadline =
             TokioInstant::from_std(self.last_seen + hb.ping_interval + hb.pong_timeout);
+        let write_deadline = TokioInstant::now() + self.node.config().limits.write_timeout;
         let Session {
             socket, conn, node, ..
         } = self;
@@ -207,6 +211,10 @@ impl Session {
                 code = conn.kicked() => Err(Stop::Close(code)),
                 _ = node.shutdown_token().cancelled() => Err(Stop::Close(CloseCode::Shutdown)),
                 _ = sleep_until(silence_deadline) => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
+                _ = sleep_until(write_deadline) => {
+                    node.metrics.slow_consumer_disconnects.inc();
+                    Err(Stop::Close(CloseCode::SlowConsumer))
+                }
             }
         })
         .await
@@ -237,7 +245,7 @@ impl Session {
         let oldest = batch[0].dispatched_at;
         let mut frames = Vec::with_capacity(batch.len());
         for p in &batch {
-            if let Some(last) = self.streams.get_mut(&*p.stream) {
+            if let Some(last) = self.streams.last_sent.get_mut(&*p.stream) {
                 if p.offset > *last {
                     *last = p.offset;
                     frames.push(p.frame.clone());
@@ -337,12 +345,14 @@ impl Session {
                 notifications_since,
             } => self.on_connect(id, token, user, notifications_since).await,
             Command::Pong => Ok(()),
-            Command::Ping => self.send(ServerFrame::Pong { id }).await,
+            // SPEC §3: every command but `connect` waits for `connect`.
+            Command::Ping if self.identity.is_some() => self.send(ServerFrame::Pong { id }).await,
             _ if self.identity.is_none() => {
                 let e =
                     CommandError::new(ErrorCode::NotConnected, "not connected: send connect first");
                 self.send_error(id, &e).await
             }
+            Command::Ping => self.send(ServerFrame::Pong { id }).await,
             Command::Subscribe { channel, since } => self.on_subscribe(id, channel, since).await,
             Command::Unsubscribe { channel } => self.on_unsubscribe(id, &channel).await,
             Command::Publish { channel, data } => self.on_publish(id, channel, data.get()).await,
@@ -425,7 +435,7 @@ impl Session {
         let state = NotificationsState {
             cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
             recovered: recovery.recovered,
-            missed: recovery.messages.len() as u64,
+            missed: recovery.missed,
         };
         let connected = ServerFrame::Connected {
             id,
@@ -435,24 +445,64 @@ impl Session {
             notifications: Some(state),
         };
         let head = Utf8Bytes::from(connected.to_json());
-        let epoch = recovery.epoch.clone();
-        let replay = recovery
-            .messages
-            .iter()
-            .map(|m| encode_notification_frame(&epoch, m.offset, m.ts, &m.data).into());
-        self.write(std::iter::once(head).chain(replay).collect())
+        self.replay(head, &self.inbox.clone().unwrap_or_default(), recovery)
             .await
     }
 
-    /// Subscribes to `stream` in the hub, then reads what was missed. On
-    /// success the stream's last-sent offset is where the replay ends.
+    /// Sends `head` (the `connected` or `subscribed` frame) and the replay
+    /// after it, page by page as the socket drains: a resume of a huge
+    /// history holds one page (`limits.outbound_queue_bytes`) per connection,
+    /// and a reader that cannot keep up meets the write deadline (4003).
+    async fn replay(&mut self, head: Utf8Bytes, stream: &Arc<str>, recovery: Recovery) -> Step {
+        let Recovery {
+            epoch,
+            offset: until,
+            messages,
+            ..
+        } = recovery;
+        let mut frames = vec![head];
+        let mut page = messages;
+        while let Some(last) = page.last().map(|m| m.offset) {
+            frames.extend(page.iter().map(|m| encode_replayed(stream, &epoch, m)));
+            self.write(std::mem::take(&mut frames)).await?;
+            if last >= until {
+                break;
+            }
+            let max_bytes = self.node.config().limits.outbound_queue_bytes;
+            let next = match self.node.replay_page(stream, last, max_bytes).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed");
+                    return Err(Stop::Close(CloseCode::SlowConsumer));
+                }
+            };
+            let continues = *next.epoch == *epoch
+                && next.messages.first().is_some_and(|m| m.offset == last + 1);
+            if !continues {
+                // History moved on under a slow replay (trimmed or removed):
+                // never a silent gap. 4003 makes the client resume by cursor,
+                // and that resume says `recovered: false`.
+                return Err(Stop::Close(CloseCode::SlowConsumer));
+            }
+            page = next.messages;
+            page.retain(|m| m.offset <= until);
+        }
+        if !frames.is_empty() {
+            self.write(frames).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `stream` in the hub, then reads what was missed (the
+    /// first page of it; [`Session::replay`] sends the rest).
     async fn listen(
         &mut self,
         stream: &Arc<str>,
         since: Option<&Cursor>,
-    ) -> Result<crate::node::Recovery, CommandError> {
+    ) -> Result<Recovery, CommandError> {
         self.node.hub.subscribe(stream, &self.conn);
-        match self.node.recover(stream, since).await {
+        let max_bytes = self.node.config().limits.outbound_queue_bytes;
+        match self.node.recover(stream, since, max_bytes).await {
             Ok(recovery) => {
                 self.streams.insert(stream.clone(), recovery.offset);
                 Ok(recovery)
@@ -474,8 +524,8 @@ impl Session {
         channel: String,
         since: Option<Cursor>,
     ) -> Step {
-        let channels = self.streams.len() - usize::from(self.inbox.is_some());
-        let checked = if self.streams.contains_key(channel.as_str()) {
+        let channels = self.streams.last_sent.len() - usize::from(self.inbox.is_some());
+        let checked = if self.streams.last_sent.contains_key(channel.as_str()) {
             Err(CommandError::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel}"),
@@ -504,27 +554,20 @@ impl Session {
             channel: &stream,
             cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
             recovered: recovery.recovered,
-            missed: recovery.messages.len() as u64,
+            missed: recovery.missed,
         };
         let head = Utf8Bytes::from(subscribed.to_json());
-        let epoch = recovery.epoch.clone();
-        let replay = recovery
-            .messages
-            .iter()
-            .map(|m| encode_message_frame(&stream, &epoch, m.offset, m.ts, &m.data).into());
-        self.write(std::iter::once(head).chain(replay).collect())
-            .await
+        self.replay(head, &stream, recovery).await
     }
 
     async fn on_unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Step {
-        if self.streams.remove(channel).is_none() {
+        if !self.streams.remove(channel) {
             let e = CommandError::new(
                 ErrorCode::NotSubscribed,
                 format!("not subscribed to {channel}"),
             );
             return self.send_error(id, &e).await;
         }
-        self.node.hub.unsubscribe(channel, self.conn.id);
         self.send(ServerFrame::Unsubscribed { id, channel }).await
     }
 
@@ -579,6 +622,58 @@ impl Session {
         self.schedule_expiry(fresh.expires_at);
         self.identity = Some(fresh);
         self.send(ServerFrame::Refreshed { id }).await
+    }
+}
+
+/// One replayed message's frame: a `notification` on the inbox, else a `message`.
+fn encode_replayed(stream: &str, epoch: &str, m: &crate::engine::StoredMessage) -> Utf8Bytes {
+    if stream.starts_with(INBOX_PREFIX) {
+        encode_notification_frame(epoch, m.offset, m.ts, &m.data).into()
+    } else {
+        encode_message_frame(stream, epoch, m.offset, m.ts, &m.data).into()
+    }
+}
+
+/// The streams a connection listens to in the hub, with the last offset
+/// sent on each. A replay runs inside its command, before any live frame is
+/// forwarded, so the mark is set to the replay's end at once: live frames
+/// up to there are the replay's to send.
+///
+/// Leaving the hub is this value's `Drop`, not the last lines of the
+/// session: a panic or an early return anywhere in a session must never
+/// leave a subscription behind.
+struct Streams {
+    node: Arc<Node>,
+    conn: u64,
+    last_sent: HashMap<Arc<str>, u64>,
+}
+
+impl Streams {
+    /// Records a new subscription whose replay ends at `replay_end`.
+    fn insert(&mut self, stream: Arc<str>, replay_end: u64) {
+        self.last_sent.insert(stream, replay_end);
+    }
+
+    /// Leaves `stream`; false when it was not listened to.
+    fn remove(&mut self, stream: &str) -> bool {
+        let known = self.last_sent.remove(stream).is_some();
+        if known {
+            self.node.hub.unsubscribe(stream, self.conn);
+        }
+        known
+    }
+
+    fn leave_all(&mut self) {
+        for stream in self.last_sent.keys() {
+            self.node.hub.unsubscribe(stream, self.conn);
+        }
+        self.last_sent.clear();
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.leave_all();
     }
 }
 

@@ -227,6 +227,20 @@ async fn malformed_commands_get_1000_or_1003_and_the_connection_stays() {
 }
 
 #[tokio::test]
+async fn ping_before_connect_is_refused_with_1010() {
+    let s = TestServer::start().await;
+    let mut c = s.open().await;
+    c.send(&json!({"type": "ping", "id": 3})).await.unwrap();
+    assert_error(&c.next_frame().await.unwrap(), Some(3), 1010);
+    // The connection stays and connects normally afterwards.
+    assert_eq!(c.connect(None).await.unwrap()["type"], "connected");
+    assert_eq!(
+        c.request(json!({"type": "ping"})).await.unwrap()["type"],
+        "pong"
+    );
+}
+
+#[tokio::test]
 async fn ping_with_id_gets_pong_with_that_id() {
     let s = TestServer::start().await;
     let mut c = s.connected(None).await;

@@ -254,3 +254,86 @@ async fn the_notification_inbox_resumes_like_a_channel() {
     .await
     .unwrap();
 }
+
+/// A resume of a history many times `limits.outbound_queue_bytes` is sent in
+/// pages as the socket drains; a client that reads gets all of it, in order,
+/// once, on both engines — notifications on connect as well as a channel.
+async fn a_huge_replay_is_paged_and_a_reader_gets_all_of_it(engine: EngineKind) {
+    let s = TestServer::with(|c| {
+        c.engine.kind = engine;
+        c.history.size = 1000;
+        c.notifications.size = 1000;
+        c.limits.max_message_bytes = 4096;
+        c.limits.outbound_queue_bytes = 8192;
+    })
+    .await;
+    let pad = "p".repeat(1000);
+    let mut from_zero = String::new();
+    for n in 1..=120u64 {
+        let r = s
+            .node
+            .broadcast("chat:paged", &json!({"n": n, "pad": pad}))
+            .await;
+        from_zero = format!("{}:0", r.unwrap().epoch);
+        s.notify("pager", json!({"n": n, "pad": pad})).await;
+    }
+
+    let mut c = s.open().await;
+    c.timeout = Duration::from_secs(10);
+    let t = token("pager", 3600);
+    let connected = c.connect(Some(&t)).await.unwrap();
+    // No cursor on connect: nothing is replayed, the cursor is the top.
+    assert_eq!(
+        offset_of(connected["notifications"]["cursor"].as_str().unwrap()),
+        120
+    );
+    let inbox_zero = {
+        let cursor = connected["notifications"]["cursor"].as_str().unwrap();
+        format!("{}:0", cursor.rsplit_once(':').unwrap().0)
+    };
+    let reply = c.subscribe("chat:paged", Some(&from_zero)).await.unwrap();
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["missed"], 120, "{reply}");
+    assert_eq!(offset_of(reply["cursor"].as_str().unwrap()), 120);
+    for n in 1..=120u64 {
+        let m = c.next_push().await.unwrap();
+        assert_eq!(
+            (m["type"].as_str(), &m["offset"]),
+            (Some("message"), &json!(n))
+        );
+        assert_eq!(m["data"]["n"], n);
+    }
+    c.close().await;
+
+    // The inbox, resumed on connect, is paged the same way.
+    let mut c = s.open().await;
+    c.timeout = Duration::from_secs(10);
+    let connected = c
+        .request(json!({"type": "connect", "token": t, "notifications_since": inbox_zero}))
+        .await
+        .unwrap();
+    assert_eq!(connected["notifications"]["recovered"], true, "{connected}");
+    assert_eq!(connected["notifications"]["missed"], 120, "{connected}");
+    for n in 1..=120u64 {
+        let m = c.next_push().await.unwrap();
+        assert_eq!(m["type"], "notification");
+        assert_eq!(m["offset"], n);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .node
+            .render_metrics()
+            .contains("herald_outbound_queue_bytes 0"))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_huge_replay_is_paged_memory() {
+    a_huge_replay_is_paged_and_a_reader_gets_all_of_it(EngineKind::Memory).await;
+}
+
+#[tokio::test]
+async fn a_huge_replay_is_paged_embedded() {
+    a_huge_replay_is_paged_and_a_reader_gets_all_of_it(EngineKind::Embedded).await;
+}

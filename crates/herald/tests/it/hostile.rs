@@ -540,6 +540,28 @@ async fn a_hostile_crowd_leaves_no_trace_and_the_healthy_subscriber_gets_everyth
         if settled {
             break state;
         }
+        if Instant::now() >= settle {
+            let ss = std::process::Command::new("ss")
+                .args(["-tanpe"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let mine: Vec<&str> = ss
+                .lines()
+                .filter(|l| l.contains(&format!("pid={pid},")))
+                .collect();
+            eprintln!("server sockets:\n{}", mine.join("\n"));
+            for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .flatten()
+            {
+                eprintln!(
+                    "fd {:?} -> {:?}",
+                    e.file_name(),
+                    std::fs::read_link(e.path())
+                );
+            }
+        }
         assert!(Instant::now() < settle, "did not settle: {state}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

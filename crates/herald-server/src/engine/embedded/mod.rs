@@ -33,7 +33,9 @@ use writer::Writer;
 
 /// Publish jobs waiting for the writer before publishers wait too.
 const WRITER_QUEUE: usize = 1024;
-/// Read connections kept open.
+/// Read connections, opened at start and never more: each holds file
+/// descriptors, and a crowd of concurrent history reads must not turn into
+/// a crowd of open files (reads wait for a free one instead).
 const READERS: usize = 4;
 /// While the store refuses writes, `/ready` probes it at most this often.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -70,6 +72,8 @@ pub struct EmbeddedEngine {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per read connection.
+    read_slots: Arc<tokio::sync::Semaphore>,
     shared: Arc<Shared>,
 }
 
@@ -186,6 +190,9 @@ impl EmbeddedEngine {
             epoch
         };
         let epoch: Arc<str> = epoch.into();
+        let readers = (0..READERS)
+            .map(|_| Self::open_reader(&path))
+            .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared::default());
         let writer = Writer::new(conn, epoch.clone(), sink, budget, shared.clone())?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
@@ -198,7 +205,8 @@ impl EmbeddedEngine {
             path,
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            readers: Arc::new(Mutex::new(Vec::new())),
+            readers: Arc::new(Mutex::new(readers)),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
             shared,
         })
     }
@@ -366,7 +374,15 @@ impl Engine for EmbeddedEngine {
         let path = self.path.clone();
         let epoch = self.epoch.clone();
         let stream = stream.to_owned();
+        let slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| db_err("store closed"))?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            // A connection the pool lost to an error is opened anew.
             let pooled = readers.lock().pop();
             let mut conn = match pooled {
                 Some(c) => c,
