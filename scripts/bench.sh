@@ -4,7 +4,7 @@
 # Usage: bash scripts/bench.sh            (about 3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p herald --locked >/dev/null
+cargo build --release -p herald-realtime --locked >/dev/null
 H="$PWD/target/release/herald"
 WORK=$(mktemp -d)
 PORT=${BENCH_PORT:-8090}

@@ -31,7 +31,7 @@ say "cargo test"
 cargo test --workspace --locked
 
 say "SDK (clients/js)"
-cargo build -p herald --locked
+cargo build -p herald-realtime --locked
 export HERALD_BIN="$PWD/target/debug/herald"
 cd clients/js
 npm ci --no-audit --no-fund

@@ -9,9 +9,10 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const entries = {
   'RealtimeClient only': `export { RealtimeClient } from './src/client.ts'`,
   'RealtimeService only': `export { RealtimeService } from './src/service.ts'`,
-  'herald-client': `export * from './src/index.ts'`,
-  'herald-client/react': `export * from './src/react.ts'`,
-  'herald-client/react-native': `export * from './src/react-native.tsx'`,
+  'herald-realtime': `export * from './src/index.ts'`,
+  'herald-realtime/react': `export * from './src/react.ts'`,
+  'herald-realtime/react-native': `export * from './src/react-native.tsx'`,
+  'herald-realtime/server': `export * from './src/server.ts'`,
 }
 for (const [name, contents] of Object.entries(entries)) {
   const r = await build({

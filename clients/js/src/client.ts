@@ -75,7 +75,7 @@ export interface PollAnswer {
  */
 export function defaultApiUrl(url: string): string {
   const m = /^(wss?|https?):\/\/([^/?#]+)/i.exec(url)
-  if (!m) throw new TypeError(`herald-client: url must be ws://… or wss://…, got ${JSON.stringify(url)}`)
+  if (!m) throw new TypeError(`herald-realtime: url must be ws://… or wss://…, got ${JSON.stringify(url)}`)
   const secure = /^(wss|https)$/i.test(m[1]!)
   return `${secure ? 'https' : 'http'}://${m[2]}`
 }
@@ -132,7 +132,7 @@ export class RealtimeClient {
   private pingIntervalMs = 25_000
 
   constructor(options: RealtimeOptions) {
-    if (!options || typeof options.url !== 'string') throw new TypeError('herald-client: options.url is required')
+    if (!options || typeof options.url !== 'string') throw new TypeError('herald-realtime: options.url is required')
     this.options = {
       minReconnectDelay: 500,
       maxReconnectDelay: 20_000,
@@ -153,6 +153,11 @@ export class RealtimeClient {
 
   /** The current connection state. */
   get state(): ConnectionState {
+    return this.currentState
+  }
+
+  /** The same value as {@link RealtimeClient.state}, under the seed application's name. */
+  getConnectionState(): ConnectionState {
     return this.currentState
   }
 
@@ -193,7 +198,7 @@ export class RealtimeClient {
    */
   subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>): () => void {
     if (typeof channel !== 'string' || !/^[A-Za-z0-9_\-.:@]{1,200}$/.test(channel)) {
-      throw new TypeError(`herald-client: invalid channel name ${JSON.stringify(channel)}`)
+      throw new TypeError(`herald-realtime: invalid channel name ${JSON.stringify(channel)}`)
     }
     const entry = { fn: onMessage as MessageHandler<any> }
     let ch = this.channels.get(channel)

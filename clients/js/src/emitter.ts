@@ -27,5 +27,5 @@ export class Emitter<Events extends object> {
 
 /** App code that throws inside a handler must not break the SDK's read loop. */
 export function reportListenerError(err: unknown): void {
-  console.error('herald-client: a handler threw', err)
+  console.error('herald-realtime: a handler threw', err)
 }

@@ -1,5 +1,5 @@
 /**
- * herald-client: the TypeScript client for Herald (SPEC §8).
+ * herald-realtime: the TypeScript client for Herald (SPEC §8).
  * `RealtimeClient` is the WebSocket client; `RealtimeService` adds the polling fallback.
  */
 export { RealtimeClient, type ClientEvents, type PollAnswer } from './client.js'

@@ -1,5 +1,5 @@
 /**
- * herald-client/react-native: MobileRealtimeService, the mobile `useRealtime`
+ * herald-realtime/react-native: MobileRealtimeService, the mobile `useRealtime`
  * (SPEC §8: `useRealtime(wsUrl, apiUrl, userIdOrOptions)`), the shared hooks,
  * and `RealtimeDemo`, the mobile twin of the /realtime-demo page.
  */

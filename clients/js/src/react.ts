@@ -1,5 +1,5 @@
 /**
- * herald-client/react: React hooks for the web (SPEC §8), with the seed
+ * herald-realtime/react: React hooks for the web (SPEC §8), with the seed
  * application's signatures: `useRealtime(url, userIdOrOptions)` →
  * `{service, isConnected, state}`, and the channel hooks.
  */

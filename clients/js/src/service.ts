@@ -89,7 +89,7 @@ export class RealtimeService extends RealtimeClient {
 
   private fetcher(): FetchLike {
     const f = this.options.fetch ?? (globalThis as { fetch?: FetchLike }).fetch
-    if (!f) throw new Error('herald-client: no fetch implementation for polling')
+    if (!f) throw new Error('herald-realtime: no fetch implementation for polling')
     return f
   }
 

@@ -131,6 +131,7 @@ describe('RealtimeClient', () => {
     await waitFor(() => errors.length > 0, 'subscribe error')
     expect(errors[0]).toMatchObject({ code: 1002, channel: 'venue:3' })
     expect(c.state).toBe('connected')
+    expect(c.getConnectionState()).toBe('connected')
   })
 
   it('calls getToken again before exp and stays connected across refreshes', async () => {

@@ -1,5 +1,5 @@
 /**
- * herald-client/react-native rendered under Node with react-test-renderer
+ * herald-realtime/react-native rendered under Node with react-test-renderer
  * (react-native is aliased to test/shims/react-native.tsx), against a real
  * Herald process.
  */
@@ -36,7 +36,7 @@ function texts(testID: string): string[] {
     .map((n) => [n.props.children].flat().join(''))
 }
 
-describe('herald-client/react-native', () => {
+describe('herald-realtime/react-native', () => {
   it('RealtimeDemo shows the state, live channel messages and notifications', async () => {
     renderer = create(
       <RealtimeDemo

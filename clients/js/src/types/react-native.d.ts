@@ -1,4 +1,4 @@
-// The few React Native APIs herald-client/react-native uses, declared here so the
+// The few React Native APIs herald-realtime/react-native uses, declared here so the
 // SDK type-checks without the react-native package. Apps get RN's own types.
 declare module 'react-native' {
   import type { ComponentType, ReactNode } from 'react'

@@ -73,7 +73,7 @@ describe('/realtime-demo in Chromium', () => {
     expect(res.headers.get('content-type')).toMatch(/text\/html/)
     const served = await res.text()
     // The server embeds the asset at compile time: a mismatch means a stale binary.
-    expect(served === readFileSync(ASSET, 'utf8'), 'the binary serves an outdated demo: rebuild it (cargo build -p herald)').toBe(true)
+    expect(served === readFileSync(ASSET, 'utf8'), 'the binary serves an outdated demo: rebuild it (cargo build -p herald-realtime)').toBe(true)
   })
 
   it('shows a message published in one page in the other, falls back to polling when the socket is blocked, and recovers', async () => {

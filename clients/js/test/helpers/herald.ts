@@ -67,7 +67,7 @@ export function makeToken(sub: string, ttl = 3600, extra: Record<string, unknown
 export function assertBinary(): void {
   if (!existsSync(HERALD_BIN)) {
     throw new Error(
-      `Herald binary not found at ${HERALD_BIN}. Build it first (cargo build -p herald in the repo root) or set HERALD_BIN.`,
+      `Herald binary not found at ${HERALD_BIN}. Build it first (cargo build -p herald-realtime in the repo root) or set HERALD_BIN.`,
     )
   }
 }

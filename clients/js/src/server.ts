@@ -1,0 +1,278 @@
+/**
+ * herald-realtime/server: publish to Herald from an application's backend
+ * (SPEC §5 "Server API", §8). Plain `fetch` and Web Crypto only, so it runs on
+ * Node ≥ 20, Deno, Bun and edge runtimes (Next.js route handlers, Workers)
+ * without dependencies.
+ *
+ * Every publish carries an idempotency key (one per call, reused by its
+ * retries), so a retry after a network failure, a timeout, or a 408/503
+ * ("outcome unknown") answer never stores a message twice: within
+ * `limits.idempotency_window` Herald answers a repeated key with the
+ * original offset and cursor.
+ */
+
+/** Options of {@link getRealtimeServer}. */
+export interface RealtimeServerOptions {
+  /** Herald's HTTP origin, e.g. `http://localhost:8080` (a `ws://…/ws` URL is accepted too). */
+  url: string
+  /** One of the server's `auth.api_keys`. */
+  apiKey: string
+  /** The server's `auth.hmac_secret`; needed by {@link RealtimeServer.createToken} only. */
+  hmacSecret?: string
+  /** Time one attempt may take, in ms (default 10 000). */
+  timeout?: number
+  /** Retries after the first attempt, for network failures, timeouts, 408, 429 and 5xx (default 3). */
+  retries?: number
+  /** A `fetch` to use instead of the global one (tests, instrumented clients). */
+  fetch?: typeof fetch
+}
+
+/** Where a published message landed. */
+export interface PublishResult {
+  /** Its offset in the channel or inbox. */
+  offset: number
+  /** The cursor just after it (`"{epoch}:{offset}"`). */
+  cursor: string
+}
+
+/** Per-call options of a publish. */
+export interface PublishOptions {
+  /**
+   * The idempotency key (1–200 printable ASCII characters, no spaces). By
+   * default every call gets a fresh random one, reused by its own retries;
+   * pass your own (an event id, say) to make repeats across calls or
+   * processes store once too.
+   */
+  idempotencyKey?: string
+}
+
+/** One item of {@link RealtimeServer.batch}. */
+export type BatchItem =
+  | { action: 'broadcast'; channel: string; data: unknown; idempotencyKey?: string }
+  | { action: 'notify'; userId: string; data: unknown; idempotencyKey?: string }
+
+/** One item's outcome in a batch: published, or refused on its own. */
+export type BatchResult =
+  | (PublishResult & { ok: true; channel?: string; userId?: string })
+  | { ok: false; error: { code: number; message: string } }
+
+/** `GET /api/websocket`: the node's status (the seed's `getStats()`). */
+export interface ServerStats {
+  node: string
+  uptime_s: number
+  connections: number
+  users: number
+  channels: number
+  subscriptions: number
+  messages_in: number
+  messages_out: number
+  engine: string
+  [key: string]: unknown
+}
+
+/** Options of {@link RealtimeServer.createToken}. */
+export interface TokenOptions {
+  /** Lifetime in seconds (default 3600). */
+  ttl?: number
+  /** Channel names or `prefix:*` / `*` patterns for `claim` namespaces. */
+  channels?: string[]
+  /** `admin` may subscribe anywhere. */
+  role?: string
+}
+
+/** The backend's handle on Herald. */
+export interface RealtimeServer {
+  /** Publishes `data` to `channel`. */
+  broadcastToChannel(channel: string, data: unknown, options?: PublishOptions): Promise<PublishResult>
+  /** Sends `data` to every connection of `userId` (and keeps it in the user's inbox). */
+  sendNotification(userId: string, data: unknown, options?: PublishOptions): Promise<PublishResult>
+  /** The node's status. */
+  getStats(): Promise<ServerStats>
+  /** Many publishes in one request and one durable commit; one result per item, in order. */
+  batch(items: BatchItem[]): Promise<BatchResult[]>
+  /** A HS256 client token for `userId` (needs `hmacSecret`). */
+  createToken(userId: string, options?: TokenOptions): Promise<string>
+}
+
+/**
+ * A failed call: `status` is the HTTP status (0 when no answer came), `code`
+ * Herald's error code (SPEC §3) when the server gave one.
+ */
+export class HeraldError extends Error {
+  readonly status: number
+  readonly code: number | undefined
+
+  constructor(message: string, status: number, code?: number) {
+    super(message)
+    this.name = 'HeraldError'
+    this.status = status
+    this.code = code
+  }
+}
+
+const DEFAULT_TIMEOUT = 10_000
+const DEFAULT_RETRIES = 3
+/** Backoff between attempts: 200 ms doubling, full jitter, at most 5 s. */
+const RETRY_BASE = 200
+const RETRY_MAX = 5_000
+
+/** Returns a client for the Herald server at `options.url`. */
+export function getRealtimeServer(options: RealtimeServerOptions): RealtimeServer {
+  if (!options || typeof options.url !== 'string' || options.url === '') {
+    throw new TypeError('getRealtimeServer: `url` is required (Herald\'s HTTP origin)')
+  }
+  if (typeof options.apiKey !== 'string' || options.apiKey === '') {
+    throw new TypeError('getRealtimeServer: `apiKey` is required')
+  }
+  const origin = httpOrigin(options.url)
+  const timeout = options.timeout ?? DEFAULT_TIMEOUT
+  const retries = Math.max(0, options.retries ?? DEFAULT_RETRIES)
+  const doFetch = options.fetch ?? globalThis.fetch
+  if (typeof doFetch !== 'function') {
+    throw new TypeError('getRealtimeServer: no global fetch; pass `fetch` (Node ≥ 20 has one)')
+  }
+
+  async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, key?: string): Promise<T> {
+    const headers: Record<string, string> = { authorization: `Bearer ${options.apiKey}` }
+    if (body !== undefined) headers['content-type'] = 'application/json'
+    if (key !== undefined) headers['idempotency-key'] = key
+    const payload = body === undefined ? undefined : JSON.stringify(body)
+    let last: HeraldError = new HeraldError('not attempted', 0)
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (attempt > 0) await sleep(retryDelay(attempt, last))
+      let response: Response
+      try {
+        response = await doFetch(`${origin}${path}`, {
+          method,
+          headers,
+          body: payload,
+          signal: AbortSignal.timeout(timeout),
+        })
+      } catch (e) {
+        // No answer (refused, reset, timed out): the outcome is unknown, and
+        // the same idempotency key makes the retry safe.
+        const reason = e instanceof Error ? e.message : String(e)
+        last = new HeraldError(`Herald unreachable at ${origin}: ${reason}`, 0)
+        continue
+      }
+      const text = await response.text().catch(() => '')
+      if (response.ok) {
+        try {
+          return JSON.parse(text) as T
+        } catch {
+          throw new HeraldError(`Herald answered ${response.status} with a body that is not JSON`, response.status)
+        }
+      }
+      last = errorFrom(response, text)
+      if (!retryable(response.status)) throw last
+    }
+    throw last
+  }
+
+  async function publish(path: string, data: unknown, options?: PublishOptions): Promise<PublishResult> {
+    const key = options?.idempotencyKey ?? newKey()
+    const answer = await call<{ offset: number; cursor: string }>('POST', path, data === undefined ? null : data, key)
+    return { offset: answer.offset, cursor: answer.cursor }
+  }
+
+  return {
+    broadcastToChannel(channel, data, options) {
+      return publish(`/api/channels/${encodeURIComponent(channel)}/messages`, data, options)
+    },
+    sendNotification(userId, data, options) {
+      return publish(`/api/users/${encodeURIComponent(userId)}/notifications`, data, options)
+    },
+    getStats() {
+      return call<ServerStats>('GET', '/api/websocket')
+    },
+    async batch(items) {
+      if (!Array.isArray(items)) throw new TypeError('batch: items must be an array')
+      const wire = items.map((item) => {
+        const { idempotencyKey, ...rest } = item
+        return { ...rest, data: rest.data === undefined ? null : rest.data, idempotency_key: idempotencyKey ?? newKey() }
+      })
+      const answer = await call<{ results: BatchResult[] }>('POST', '/api/batch', { items: wire })
+      return answer.results
+    },
+    async createToken(userId, tokenOptions = {}) {
+      if (!options.hmacSecret) {
+        throw new TypeError('createToken needs `hmacSecret` (the server\'s auth.hmac_secret)')
+      }
+      return signHs256(options.hmacSecret, userId, tokenOptions)
+    },
+  }
+}
+
+/** `ws://host/ws` → `http://host`; an HTTP origin stays as it is (without a trailing slash). */
+function httpOrigin(url: string): string {
+  const u = new URL(url)
+  if (u.protocol === 'ws:') u.protocol = 'http:'
+  if (u.protocol === 'wss:') u.protocol = 'https:'
+  let path = u.pathname.replace(/\/+$/, '')
+  if (path.endsWith('/ws')) path = path.slice(0, -3)
+  return `${u.protocol}//${u.host}${path}`
+}
+
+/** Worth another attempt: the outcome is unknown (408, 5xx) or the server asked us to wait (429). */
+function retryable(status: number): boolean {
+  return status === 408 || status === 429 || status === 502 || status === 503 || status === 504
+}
+
+function retryDelay(attempt: number, last: HeraldError & { retryAfter?: number }): number {
+  const ceiling = Math.min(RETRY_MAX, RETRY_BASE * 2 ** (attempt - 1))
+  const jittered = Math.random() * ceiling
+  // `Retry-After` (429, 503) is a floor, capped so one call never waits long.
+  return last.retryAfter !== undefined ? Math.min(RETRY_MAX, Math.max(jittered, last.retryAfter)) : jittered
+}
+
+function errorFrom(response: Response, text: string): HeraldError {
+  let code: number | undefined
+  let message = `Herald answered ${response.status}`
+  try {
+    const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown } }
+    if (typeof body.error?.code === 'number') code = body.error.code
+    if (typeof body.error?.message === 'string') message = body.error.message
+  } catch {
+    // Not JSON (a proxy's error page): the status says enough.
+  }
+  const error: HeraldError & { retryAfter?: number } = new HeraldError(message, response.status, code)
+  const after = Number(response.headers.get('retry-after'))
+  if (Number.isFinite(after) && after > 0) error.retryAfter = after * 1000
+  return error
+}
+
+function newKey(): string {
+  return globalThis.crypto.randomUUID()
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+function base64url(bytes: Uint8Array): string {
+  let binary = ''
+  for (const b of bytes) binary += String.fromCharCode(b)
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
+}
+
+async function signHs256(secret: string, sub: string, options: TokenOptions): Promise<string> {
+  if (typeof sub !== 'string' || sub === '') throw new TypeError('createToken: userId must be a non-empty string')
+  const ttl = options.ttl ?? 3600
+  if (!Number.isFinite(ttl) || ttl <= 0) throw new TypeError('createToken: ttl must be a positive number of seconds')
+  const encoder = new TextEncoder()
+  const iat = Math.floor(Date.now() / 1000)
+  const claims: Record<string, unknown> = { sub, iat, exp: iat + Math.floor(ttl) }
+  if (options.channels !== undefined) claims.channels = options.channels
+  if (options.role !== undefined) claims.role = options.role
+  const part = (v: unknown) => base64url(encoder.encode(JSON.stringify(v)))
+  const signingInput = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`
+  const key = await globalThis.crypto.subtle.importKey(
+    'raw',
+    encoder.encode(secret),
+    { name: 'HMAC', hash: 'SHA-256' },
+    false,
+    ['sign'],
+  )
+  const signature = await globalThis.crypto.subtle.sign('HMAC', key, encoder.encode(signingInput))
+  return `${signingInput}.${base64url(new Uint8Array(signature))}`
+}
