@@ -4,6 +4,9 @@
  * subscriptions, publishing over the socket, and messages and notifications as
  * they arrive. Query parameters preset it: `?user=alice&channels=a,b&token=…`,
  * and the service options (`fallbackAfter`, `minReconnectDelay`, …) for tests.
+ * The page asks `/health` whether the server runs in dev mode: only then does
+ * it preset the user `alice` (a production server refuses a user without a
+ * token); otherwise it connects anonymously, or with a pasted token.
  */
 import { RealtimeService } from '../service.js'
 import type { MessageMeta, NotificationMeta, RealtimeOptions } from '../types.js'
@@ -19,7 +22,7 @@ $('api-url').textContent = apiUrl
 
 const userInput = $<HTMLInputElement>('user')
 const tokenInput = $<HTMLInputElement>('token')
-userInput.value = params.get('user') ?? 'alice'
+userInput.value = params.get('user') ?? ''
 tokenInput.value = params.get('token') ?? ''
 
 const tuning: Partial<RealtimeOptions> = {}
@@ -178,4 +181,21 @@ for (const c of (params.get('channels') ?? '').split(',').map((s) => s.trim()).f
 const firstChannel = subscriptions.keys().next()
 if (!firstChannel.done) $<HTMLInputElement>('publish-channel').value = firstChannel.value
 renderChannels()
-start()
+
+/** Whether the server runs in dev mode (false when it cannot tell). */
+async function devMode(): Promise<boolean> {
+  try {
+    const health = (await (await fetch(`${apiUrl}/health`)).json()) as { dev?: unknown }
+    return health.dev === true
+  } catch {
+    return false
+  }
+}
+
+void devMode().then((dev) => {
+  if (dev && !params.has('user') && !tokenInput.value) userInput.value = 'alice'
+  $('mode').textContent = dev
+    ? 'Dev mode: any user name is accepted without a token.'
+    : 'This server is not in dev mode: the page connects anonymously (public channels only) unless you paste a token.'
+  start()
+})

@@ -130,4 +130,24 @@ describe('/realtime-demo in Chromium', () => {
     })
     expect(await page.textContent('#notification-count')).toBe('1')
   })
+
+  it('presets the dev-mode user only in dev mode; elsewhere it connects anonymously and says so', async () => {
+    const dev = await open(server.origin, '')
+    expect(await dev.inputValue('#user')).toBe('alice')
+    expect(await dev.textContent('#mode')).toMatch(/Dev mode/)
+    const production = await startHerald()
+    try {
+      const page = await open(production.origin, 'channels=pub:lobby')
+      expect(await page.inputValue('#user')).toBe('')
+      expect(await page.textContent('#mode')).toMatch(/not in dev mode/)
+      await production.publish('pub:lobby', { hello: 'anonymous' })
+      await page.waitForFunction(() => document.getElementById('messages')!.textContent!.includes('anonymous'), null, {
+        timeout: 10_000,
+      })
+      expect(await page.textContent('#events')).not.toMatch(/error 1001/)
+      await page.screenshot({ path: join(ARTIFACTS, 'realtime-demo-production.png'), fullPage: true })
+    } finally {
+      await production.stop()
+    }
+  })
 })

@@ -14,9 +14,11 @@ use crate::node::Node;
 /// `cargo build` needs no Node.js.
 const DEMO_PAGE: &str = include_str!("../../assets/realtime-demo.html");
 
-/// `GET /health`: 200 while the process runs.
-pub(crate) async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /health`: 200 while the process runs. `dev` tells the demo page
+/// whether it may preset a dev-mode user (outside dev mode such a user is
+/// refused with 1001, and the page connects anonymously instead).
+pub(crate) async fn health(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "dev": node.config().dev}))
 }
 
 /// `GET /ready`: 200 when the engine is reachable, 503 otherwise.
