@@ -18,6 +18,7 @@ import { Emitter, reportListenerError } from './emitter.js'
 import { refreshDelay, tokenExpiry } from './token.js'
 import type {
   ConnectionState,
+  DebugLogger,
   GapInfo,
   MessageHandler,
   MessageMeta,
@@ -147,7 +148,11 @@ export class RealtimeClient {
     }
     this.token = options.token ?? null
     this.tokenExpiresAt = this.token ? tokenExpiry(this.token) : null
+    this.log = debugLogger(options.debug)
   }
+
+  /** The debug log (a no-op unless `debug` or `DEBUG=herald:*` asks for it). */
+  protected readonly log: DebugLogger
 
   // ---------------------------------------------------------------- public API
 
@@ -382,6 +387,9 @@ export class RealtimeClient {
     this.armHeartbeat()
     const inbox = frame.notifications as { cursor?: string; recovered?: boolean; missed?: number } | undefined
     if (inbox && typeof inbox.cursor === 'string') {
+      if (this.inboxSince) {
+        this.log('resumed notifications', { since: this.inboxSince, cursor: inbox.cursor, recovered: inbox.recovered !== false, missed: inbox.missed })
+      }
       if (this.inboxSince && inbox.recovered === false) {
         this.events.emit('gap', { channel: null, since: this.inboxSince, cursor: inbox.cursor })
       }
@@ -408,6 +416,9 @@ export class RealtimeClient {
     // subscribed again since): the newer answer sets the position.
     if (ch.pendingId !== null && frame.id !== ch.pendingId) return
     ch.pendingId = null
+    if (ch.sentSince) {
+      this.log(`resumed ${name}`, { since: ch.sentSince, cursor: frame.cursor, recovered: frame.recovered !== false, missed: frame.missed })
+    }
     if (ch.sentSince && frame.recovered === false) {
       this.events.emit('gap', { channel: name, since: ch.sentSince, cursor: frame.cursor })
     }
@@ -501,6 +512,7 @@ export class RealtimeClient {
     const delay =
       code === 4004 ? max : backoffDelay(wasConnected ? 0 : this.failures, min, max, random)
     if (this.currentState !== 'polling') this.setState('reconnecting')
+    this.log(`reconnecting in ${delay} ms`, { code, failures: this.failures })
     this.clearTimer('reconnectTimer')
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null
@@ -712,6 +724,7 @@ export class RealtimeClient {
 
   protected setState(next: ConnectionState): void {
     if (next === this.currentState) return
+    this.log(`state ${this.currentState} -> ${next}`)
     this.currentState = next
     this.events.emit('state', next)
   }
@@ -760,4 +773,22 @@ export class RealtimeClient {
   protected onChannelFailed(_channel: string): void {}
   /** Stop polling (called on connect and on disconnect). */
   protected stopFallback(): void {}
+}
+
+/** Resolves the `debug` option, falling back to `DEBUG=herald:*` on Node. */
+function debugLogger(option: boolean | DebugLogger | undefined): DebugLogger {
+  if (typeof option === 'function') return option
+  const fromEnv = (): boolean => {
+    // `process` is absent in browsers and React Native may stub it: look, don't assume.
+    const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env
+    const value = env?.DEBUG ?? ''
+    return value.split(/[\s,]+/).some((p) => p === '*' || p === 'herald:*' || p === 'herald')
+  }
+  if (option === true || (option === undefined && fromEnv())) {
+    return (message, detail) => {
+      if (detail === undefined) console.debug(`[herald] ${message}`)
+      else console.debug(`[herald] ${message}`, detail)
+    }
+  }
+  return () => {}
 }

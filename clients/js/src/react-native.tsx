@@ -5,7 +5,7 @@
  */
 import { type JSX, useCallback, useRef, useState } from 'react'
 import { AppState, Pressable, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native'
-import { MobileRealtimeService, type MobileRealtimeOptions } from './mobile.js'
+import { MobileRealtimeService, type MobileRealtimeOptions, type NetworkLike } from './mobile.js'
 import { useChannel, useConnectionState, useNotifications, useServiceLifecycle } from './hooks-core.js'
 import type { ConnectionState, MessageMeta, NotificationMeta } from './types.js'
 
@@ -31,9 +31,29 @@ export interface UseMobileRealtimeResult {
 }
 
 /**
+ * `@react-native-community/netinfo` when the app has it installed (it is an
+ * optional peer dependency), else undefined. A literal `require` inside
+ * try/catch is what Metro treats as an optional dependency: an app without
+ * the package still bundles. Outside Metro (ESM under Node) `require` is
+ * absent and this answers undefined.
+ */
+function optionalNetInfo(): NetworkLike | undefined {
+  try {
+    // @ts-ignore -- `require` exists under Metro (CommonJS at runtime), not in the ESM build's types.
+    const mod = require('@react-native-community/netinfo') as { default?: unknown } | undefined
+    const netInfo = (mod?.default ?? mod) as Partial<NetworkLike> | undefined
+    return typeof netInfo?.addEventListener === 'function' ? (netInfo as NetworkLike) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
  * Creates a MobileRealtimeService wired to React Native's AppState (unless
- * `appState` is given), connects it while mounted, and re-renders on state
- * changes. A bare string is the dev-mode `user`.
+ * `appState` is given) and, when `@react-native-community/netinfo` is
+ * installed, to network changes (unless `network` is given), connects it
+ * while mounted, and re-renders on state changes. A bare string is the
+ * dev-mode `user`.
  */
 export function useRealtime(
   wsUrl: string,
@@ -47,6 +67,10 @@ export function useRealtime(
   const key = JSON.stringify([wsUrl, apiUrl ?? '', options.user ?? '', options.token ?? '', Boolean(options.getToken)])
   const service = useServiceLifecycle(key, () => {
     const o: MobileRealtimeOptions = { appState: AppState, ...options, url: wsUrl }
+    if (!('network' in options)) {
+      const netInfo = optionalNetInfo()
+      if (netInfo) o.network = netInfo
+    }
     if (apiUrl) o.apiUrl = apiUrl
     if (options.getToken) o.getToken = () => latest.current.getToken?.()
     return new MobileRealtimeService(o)

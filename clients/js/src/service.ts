@@ -59,6 +59,7 @@ export class RealtimeService extends RealtimeClient {
   protected startFallback(): void {
     if (this.fallbackActive || !this.active) return
     this.fallbackActive = true
+    this.log('falling back to HTTP polling', { channels: this.subscribedChannels.length })
     this.setState('polling')
     for (const channel of this.subscribedChannels) this.startLoop(channel)
     if (this.options.token || this.options.getToken || this.options.user) this.startLoop(INBOX)

@@ -108,4 +108,13 @@ export interface RealtimeOptions {
   random?: () => number
   /** Ms to wait for `connected` after opening a socket before giving up on it (default 10000). */
   connectTimeout?: number
+  /**
+   * Logs state changes, reconnects, fallbacks and resumes: `true` for
+   * `console.debug`, or a function of your own. On Node, `DEBUG=herald:*`
+   * (or `DEBUG=*`) in the environment turns it on too.
+   */
+  debug?: boolean | DebugLogger
 }
+
+/** Receives the SDK's debug lines (see {@link RealtimeOptions.debug}). */
+export type DebugLogger = (message: string, detail?: Record<string, unknown>) => void

@@ -9,7 +9,9 @@ import WebSocket from 'ws'
 import { AppState, Text } from 'react-native'
 import { RealtimeDemo, useRealtime, useVenueUpdates } from '../src/react-native.js'
 import type { WebSocketConstructor } from '../src/types.js'
-import { makeToken, startHerald, type Herald } from './helpers/herald.js'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { makeToken, PACKAGE_ROOT, startHerald, type Herald } from './helpers/herald.js'
 import { waitFor } from './helpers/wait.js'
 
 const WS = WebSocket as unknown as WebSocketConstructor
@@ -90,6 +92,37 @@ describe('herald-realtime/react-native', () => {
     await waitFor(() => shim.listenerCount() === listenersBefore, 'AppState listener removed')
     expect(svc!.subscribedChannels).toEqual([])
     expect(svc!.state).toBe('disconnected')
+  })
+})
+
+describe('optional NetInfo', () => {
+  it('useRealtime wires @react-native-community/netinfo when the app has it', async () => {
+    // Installed the way an app would have it: a package in node_modules.
+    const dir = join(PACKAGE_ROOT, 'node_modules', '@react-native-community', 'netinfo')
+    if (existsSync(dir)) throw new Error(`${dir} exists: this test installs its own stand-in`)
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: '@react-native-community/netinfo', version: '0.0.0-test', main: 'index.js' }))
+    writeFileSync(
+      join(dir, 'index.js'),
+      `const listeners = globalThis.__netInfoListeners = new Set()
+module.exports = { default: { addEventListener(fn) { listeners.add(fn); return () => listeners.delete(fn) } } }
+`,
+    )
+    const listeners = () => (globalThis as { __netInfoListeners?: Set<unknown> }).__netInfoListeners?.size ?? -1
+    try {
+      function Screen() {
+        const { isConnected } = useRealtime(server.wsUrl, server.origin, { token: makeToken('rn-net'), webSocket: WS })
+        return <Text testID="status">{isConnected ? 'Connected' : 'Disconnected'}</Text>
+      }
+      renderer = create(<Screen />)
+      await waitFor(() => texts('status')[0] === 'Connected', 'connected')
+      expect(listeners()).toBe(1)
+      renderer.unmount()
+      renderer = null
+      await waitFor(() => listeners() === 0, 'the NetInfo listener removed')
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
 

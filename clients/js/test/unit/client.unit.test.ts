@@ -103,6 +103,52 @@ describe('RealtimeClient state machine (fake socket)', () => {
     c.disconnect()
   })
 
+  it('logs state changes, reconnects, resumes and the fallback with debug, and nothing without it', async () => {
+    const lines: string[] = []
+    const c = new RealtimeService({
+      url: 'ws://x/ws',
+      webSocket: WS,
+      minReconnectDelay: 10,
+      maxReconnectDelay: 10,
+      fallbackAfter: 2,
+      fetch: () => new Promise(() => {}),
+      debug: (m) => lines.push(m),
+    })
+    c.subscribe('venue:1', () => {})
+    c.connect()
+    await flush()
+    let s = FakeSocket.last()
+    s.accept()
+    s.push({ type: 'subscribed', id: s.ofType('subscribe')[0]!.id, channel: 'venue:1', cursor: 'e:5', recovered: true, missed: 0 })
+    s.serverClose(1006)
+    await vi.advanceTimersByTimeAsync(20)
+    s = FakeSocket.last()
+    s.accept()
+    s.push({ type: 'subscribed', id: s.ofType('subscribe')[0]!.id, channel: 'venue:1', cursor: 'e:7', recovered: true, missed: 2 })
+    s.serverClose(1006)
+    await vi.advanceTimersByTimeAsync(20)
+    FakeSocket.last().serverClose(1006)
+    expect(lines).toContain('state disconnected -> connecting')
+    expect(lines).toContain('state connecting -> connected')
+    expect(lines.some((l) => /^reconnecting in \d+ ms$/.test(l))).toBe(true)
+    expect(lines).toContain('resumed venue:1')
+    expect(lines).toContain('falling back to HTTP polling')
+    c.disconnect()
+
+    const quiet = vi.spyOn(console, 'debug').mockImplementation(() => {})
+    const silent = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS })
+    silent.connect()
+    await flush()
+    FakeSocket.last().accept()
+    expect(quiet).not.toHaveBeenCalled()
+    silent.disconnect()
+    const loud = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, debug: true })
+    loud.connect()
+    expect(quiet).toHaveBeenCalledWith('[herald] state disconnected -> connecting')
+    loud.disconnect()
+    quiet.mockRestore()
+  })
+
   it('surfaces recovered:false as a gap', async () => {
     const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, minReconnectDelay: 10, maxReconnectDelay: 10 })
     const gaps: unknown[] = []
