@@ -2,7 +2,8 @@
 # Runs every test Herald has: formatting and lints, the Rust workspace (unit
 # and integration tests against real servers), then the TypeScript SDK
 # (type check, demo-bundle freshness, vitest against the real binary, and
-# browser tests in headless Chromium). Installs what it needs first.
+# browser tests in headless Chromium), then the Next.js example against the
+# real binary. Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +40,9 @@ npm run typecheck
 npm run check:demo
 npm run build
 npm test
+
+# The seed's shape in a real Next.js app: the SDK packed as published, next
+# build (with its type check), the API route publishing to a subscriber.
+say "examples/nextjs"
+cd ../..
+node examples/nextjs/e2e.mjs
