@@ -40,6 +40,9 @@ npm run typecheck
 npm run check:demo
 npm run build
 npm test
+# The tarball as npm would publish it, in ESM, CommonJS, TypeScript node10 /
+# node16 and Jest (ts-jest) scratch projects.
+node scripts/pack-check.mjs
 
 # The seed's shape in a real Next.js app: the SDK packed as published, next
 # build (with its type check), the API route publishing to a subscriber.

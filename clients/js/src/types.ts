@@ -45,13 +45,21 @@ export interface RealtimeError {
   channel?: string
 }
 
+/**
+ * An event handler slot, checked bivariantly (as a method's parameter is):
+ * the browser's, React Native's and `ws`'s WebSocket classes each type their
+ * handlers with their own event classes, and under `strict` a plain function
+ * type would refuse all three.
+ */
+export type EventSlot<E> = { bivarianceHack(ev: E): void }['bivarianceHack'] | null
+
 /** The subset of the WHATWG WebSocket the SDK uses (browser, React Native, `ws`). */
 export interface WebSocketLike {
   readonly readyState: number
-  onopen: ((ev: unknown) => void) | null
-  onmessage: ((ev: { data: unknown }) => void) | null
-  onclose: ((ev: { code: number; reason: string }) => void) | null
-  onerror: ((ev: unknown) => void) | null
+  onopen: EventSlot<unknown>
+  onmessage: EventSlot<{ data?: unknown }>
+  onclose: EventSlot<{ code?: number; reason?: string }>
+  onerror: EventSlot<unknown>
   send(data: string): void
   close(code?: number, reason?: string): void
 }
