@@ -106,9 +106,30 @@ pub struct Config {
     pub notifications: RetentionConfig,
     /// Namespaces: extend the built-in ones; one with a built-in's name replaces it.
     pub namespaces: Vec<NamespaceConfig>,
+    /// Logging.
+    pub log: LogConfig,
     /// Serve TLS (`https://`, `wss://`) directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable, the default) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 /// `[auth]`
@@ -328,6 +349,7 @@ impl Default for Config {
                 ttl: Duration::from_secs(30 * 24 * 3600),
             },
             namespaces: Vec::new(),
+            log: LogConfig::default(),
             tls: None,
         }
     }
@@ -445,6 +467,8 @@ pub struct FlagOverrides {
     pub engine: Option<EngineKind>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
 }
 
 /// Where configuration came from, for `herald serve` to decide on dev mode.
@@ -496,6 +520,9 @@ impl Config {
         }
         if let Some(dir) = &flags.data_dir {
             config.engine.path = dir.clone();
+        }
+        if let Some(format) = flags.log_format {
+            config.log.format = format;
         }
         config.validate()?;
         Ok(Loaded {
@@ -768,7 +795,8 @@ fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
 const TOP_LEVEL_ENV_KEYS: [&str; 3] = ["listen", "allowed_origins", "dev"];
 
 /// Sections whose keys may be set as `HERALD_<SECTION>_<KEY>`.
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
+    "log",
     "auth",
     "limits",
     "heartbeat",
@@ -994,6 +1022,34 @@ mod tests {
         };
         let c = Config::load(Some(f.path()), &e, &flags).unwrap().config;
         assert_eq!(c.listen, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn log_format_comes_from_file_env_or_flag() {
+        let f = file("[log]\nformat = \"json\"\n");
+        let c = Config::load(Some(f.path()), &env(&[]), &FlagOverrides::default());
+        assert_eq!(c.unwrap().config.log.format, LogFormat::Json);
+        let c = Config::load(
+            None,
+            &env(&[("HERALD_LOG_FORMAT", "json")]),
+            &FlagOverrides::default(),
+        );
+        assert_eq!(c.unwrap().config.log.format, LogFormat::Json);
+        let flags = FlagOverrides {
+            log_format: Some(LogFormat::Text),
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), &env(&[]), &flags)
+            .unwrap()
+            .config;
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(Config::default().log.format, LogFormat::Text);
+        let bad = Config::load(
+            None,
+            &env(&[("HERALD_LOG_FORMAT", "xml")]),
+            &FlagOverrides::default(),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

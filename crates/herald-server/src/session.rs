@@ -82,9 +82,20 @@ pub(crate) fn run(
         strikes: 0,
         last_strike: Instant::now(),
     };
+    // One span per connection: every line it logs carries its id, and its
+    // user once `connect` names one (never its token).
+    let span = tracing::info_span!(
+        "conn",
+        id = %format_args!("{:x}", session.conn.id),
+        user = tracing::field::Empty
+    );
     // A block, not an `async fn`, which would copy `session` into its body.
-    async move {
+    let session_task = async move {
         let stop = session.run_loop().await;
+        match &stop {
+            Stop::Close(code) => tracing::debug!(code = code.as_u16(), "closing"),
+            Stop::Gone => tracing::debug!("peer gone"),
+        }
         session.streams.leave_all();
         session.slot = None;
         if let Stop::Close(code) = stop {
@@ -97,7 +108,8 @@ pub(crate) fn run(
             // session's future.
             Box::pin(session.socket.close(Some(goodbye.to_json().into()), code)).await;
         }
-    }
+    };
+    tracing::Instrument::instrument(session_task, span)
 }
 
 enum Expiry {
@@ -413,6 +425,10 @@ impl Session {
         }
         self.schedule_expiry(identity.expires_at);
         let user = identity.user.clone();
+        if let Some(user) = &user {
+            tracing::Span::current().record("user", user.as_str());
+        }
+        tracing::debug!(anonymous = user.is_none(), "connected");
         self.identity = Some(identity);
         let client = format!("{:x}", self.conn.id);
         let ping_interval = config.heartbeat.ping_interval.as_secs().max(1);

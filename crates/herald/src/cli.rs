@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use herald_server::config::EngineKind;
+use herald_server::config::{EngineKind, LogFormat};
 
 /// Herald: a self-hosted real-time updates server.
 #[derive(Debug, Parser)]
@@ -50,6 +50,17 @@ pub(crate) struct ConfigArgs {
     /// Directory of the embedded store and dev.env.
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Log format: text (default) or json.
+    #[arg(long, value_parser = parse_log_format)]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("unknown log format {s:?}: use text or json")),
+    }
 }
 
 fn parse_engine(s: &str) -> Result<EngineKind, String> {

@@ -15,14 +15,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 use herald_server::auth::{sign_hs256, unix_now, ChannelGrant, Claims};
-use herald_server::config::{Config, FlagOverrides, Loaded};
+use herald_server::config::{Config, FlagOverrides, Loaded, LogFormat};
 use herald_server::Server;
 
 use cli::{Cli, Command, ConfigArgs};
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    // `serve` logs as its configuration says (`log.format`, `--log-format`),
+    // so it sets logging up once that is loaded; the other commands log text.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(LogFormat::Text);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,14 +38,24 @@ fn main() {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `HERALD_LOG` (default `info`; e.g.
+/// `info,herald::access=off` silences the access log).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line with the event's fields and the spans it is
+        // in (a connection's id and user), for log pipelines.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -115,6 +129,7 @@ fn load(args: &ConfigArgs) -> Result<Loaded> {
         dev: args.dev,
         engine: args.engine,
         data_dir: args.data_dir.clone(),
+        log_format: args.log_format,
     };
     let env = env_map();
     let mut loaded = Config::load(args.config.as_deref(), &env, &flags)?;
@@ -128,7 +143,13 @@ fn load(args: &ConfigArgs) -> Result<Loaded> {
 }
 
 async fn serve(args: ConfigArgs) -> Result<()> {
-    let mut config = load(&args)?.config;
+    let loaded = load(&args);
+    init_logging(
+        loaded
+            .as_ref()
+            .map_or(LogFormat::Text, |l| l.config.log.format),
+    );
+    let mut config = loaded?.config;
     if config.dev {
         dev::prepare(&mut config)?;
     }

@@ -107,7 +107,35 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(cors)
         // Outside the CORS layer, so a foreign page's preflight is refused too.
         .layer(from_fn_with_state(node.clone(), origin::dev_guard))
+        // Outermost: every answer is logged, refusals included.
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(node)
+}
+
+/// One line per HTTP request under the target `herald::access` (filter it
+/// with `HERALD_LOG=info,herald::access=off`): method, path, status, time
+/// and client address. Never the query string, the headers or the body:
+/// they carry tokens (`Authorization`, a `token` someone put in a URL) and
+/// API keys, which must not reach any log.
+async fn access_log(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let client = request.extensions().get::<ClientIp>().map(|c| c.0);
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "herald::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        client = ?client,
+        "http"
+    );
+    response
 }
 
 /// The client address of a request as this server counts it: the TCP

@@ -10,4 +10,5 @@ mod durability;
 mod fd_reserve;
 mod files;
 mod hostile;
+mod logs;
 mod publish;
