@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_protocol::validate_channel;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -47,7 +48,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Who may subscribe to (and poll) a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscribeRule {
     /// Anyone, including anonymous clients.
@@ -60,7 +61,7 @@ pub enum SubscribeRule {
 }
 
 /// Which engine stores history and fans messages out (SPEC §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     /// Single node, durable store under `engine.path`.
@@ -72,7 +73,7 @@ pub enum EngineKind {
 }
 
 /// How hard the embedded store pushes each commit to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// fsync every group commit: an answered publish survives power loss.
@@ -83,7 +84,7 @@ pub enum SyncMode {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to bind, `host:port`.
@@ -114,7 +115,7 @@ pub struct Config {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (human-readable, the default) or `json` (one object per line).
@@ -122,7 +123,7 @@ pub struct LogConfig {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -133,7 +134,7 @@ pub enum LogFormat {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for client tokens.
@@ -153,10 +154,12 @@ pub struct AuthConfig {
     pub allow_no_exp: bool,
     /// Clock leeway for `exp` and `nbf`.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub leeway: Duration,
     /// Time a connection has to `refresh` after being told (1009) that its
     /// token expired; then it is closed with 4005.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub refresh_grace: Duration,
     /// Largest token accepted (connect, refresh, `Authorization`); larger
     /// ones are refused before any signature check (1001 / 401).
@@ -164,7 +167,7 @@ pub struct AuthConfig {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Connected sessions on this node.
@@ -187,6 +190,7 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Time a socket has to send `connect`.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Largest HTTP request body (a batch is one body).
     pub max_body_bytes: usize,
@@ -199,14 +203,17 @@ pub struct LimitsConfig {
     /// gets this for its body (408: nothing published) and again for the
     /// store's answer (503: outcome unknown, retry with the same key).
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Time a new connection has to finish its TLS handshake and send its
     /// request headers, and an idle keep-alive connection to start its next
     /// request; then the socket is closed. Bounds half-open sockets.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// Time to let connections drain on shutdown.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub shutdown_timeout: Duration,
     /// Bytes queued for one connection (live frames and replay pages) before
     /// it is closed as a slow consumer; bounds memory together with
@@ -215,6 +222,7 @@ pub struct LimitsConfig {
     /// Time any write (an HTTP response, a WebSocket flush) may stay stuck
     /// on a peer that does not read; then the connection is dropped.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub write_timeout: Duration,
     /// Bytes of message data in one poll page or one replay page; the page
     /// ends early (`more: true`) rather than grow past it.
@@ -237,6 +245,7 @@ pub struct LimitsConfig {
     pub poll_burst: u32,
     /// How long an idempotency key answers with its original publication.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub idempotency_window: Duration,
     /// Idempotency keys remembered at once; the oldest are forgotten first.
     pub max_idempotency_keys: usize,
@@ -249,23 +258,26 @@ pub struct LimitsConfig {
     pub max_json_depth: usize,
     /// Time a fragmented WebSocket message may take to complete.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub fragment_timeout: Duration,
 }
 
 /// `[heartbeat]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// How often the server pings.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub ping_interval: Duration,
     /// Extra time a client has to send anything after a ping interval.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub pong_timeout: Duration,
 }
 
 /// `[engine]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Which engine.
@@ -278,22 +290,24 @@ pub struct EngineConfig {
     pub sync: SyncMode,
     /// How often expired messages and empty streams are removed.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub sweep_interval: Duration,
 }
 
 /// `[history]` and `[notifications]`: how much of a stream is kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Messages kept per stream (exact).
     pub size: usize,
     /// How long a message is kept.
     #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
     pub ttl: Duration,
 }
 
 /// One `[[namespaces]]` entry; unset options fall back to `[history]` and defaults.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// The namespace (the part of a channel name before the first `:`).
@@ -310,6 +324,7 @@ pub struct NamespaceConfig {
         with = "opt_duration_str",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub history_ttl: Option<Duration>,
     /// Whether clients may publish here.
     #[serde(default)]
@@ -321,7 +336,7 @@ fn default_subscribe() -> SubscribeRule {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.

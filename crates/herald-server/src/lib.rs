@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod config_doc;
 pub mod conns;
 pub mod engine;
 pub mod http;

@@ -17,8 +17,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the server (a bare `herald serve` with no config runs in dev mode).
     Serve(ConfigArgs),
-    /// Print the effective configuration, secrets masked.
-    Config(ConfigArgs),
+    /// Print the effective configuration, secrets masked (or the example / reference).
+    Config(ConfigCommandArgs),
     /// Print a signed client token (HS256) for development and tests.
     Token(TokenArgs),
     /// Publish JSON to a channel through the HTTP API.
@@ -27,6 +27,19 @@ pub(crate) enum Command {
     Notify(NotifyArgs),
     /// Load-generate against a running server (publish, batch, fanout).
     Bench(crate::bench::BenchArgs),
+}
+
+/// `herald config`.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCommandArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Print a commented configuration with every key at its default (accepted by `serve --config`).
+    #[arg(long, conflicts_with = "reference")]
+    pub(crate) example: bool,
+    /// Print the configuration reference in Markdown (docs/configuration.md).
+    #[arg(long)]
+    pub(crate) reference: bool,
 }
 
 /// Where configuration comes from; flags beat env, env beats file.

@@ -62,8 +62,13 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Config(args) => {
-            let loaded = load(&args)?;
-            print!("{}", loaded.config.to_masked_toml());
+            if args.example {
+                print!("{}", herald_server::config_doc::example_toml());
+            } else if args.reference {
+                print!("{}", herald_server::config_doc::reference_markdown());
+            } else {
+                print!("{}", load(&args.config)?.config.to_masked_toml());
+            }
             Ok(())
         }
         Command::Token(args) => {

@@ -194,3 +194,60 @@ fn a_bad_config_names_the_key_and_exits_before_binding() {
     assert!(!out.status.success(), "no public bind without secrets");
     assert!(String::from_utf8_lossy(&out.stderr).contains("api_keys"));
 }
+
+/// docs/configuration.md is what `herald config --reference` prints: the
+/// reference is generated from the config types, and a stale copy fails here.
+#[test]
+fn the_configuration_reference_in_docs_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(dir.path())
+        .args(["config", "--reference"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ))
+    .unwrap();
+    assert!(
+        generated == committed,
+        "docs/configuration.md is stale: run `cargo run -p herald-realtime -- config --reference > docs/configuration.md`"
+    );
+}
+
+/// `herald config --example` prints a configuration `herald serve` accepts.
+#[test]
+fn the_example_configuration_is_accepted_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(dir.path())
+        .args(["config", "--example"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let example = dir.path().join("example.toml");
+    std::fs::write(&example, &out.stdout).unwrap();
+    let check = herald(dir.path())
+        .args(["config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // And it serves (on a free port instead of the example's 8080).
+    let mut server = Proc::start(
+        dir.path(),
+        &[
+            "--config",
+            example.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    server.signal("-TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
