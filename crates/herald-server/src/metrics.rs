@@ -219,6 +219,11 @@ impl Metrics {
             "Sockets refused, by reason (per_ip, fd_reserve, fd_ceiling)",
             m.connections_refused.clone(),
         );
+        // Every reason exported from the start, at 0: a series that appears
+        // only at its first refusal breaks `rate()` and dashboards.
+        for reason in ["per_ip", "fd_reserve", "fd_ceiling"] {
+            let _ = m.connections_refused.get_or_create(&[("reason", reason)]);
+        }
         Self { registry, ..m }
     }
 

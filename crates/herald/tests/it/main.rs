@@ -11,4 +11,5 @@ mod fd_reserve;
 mod files;
 mod hostile;
 mod logs;
+mod metrics;
 mod publish;

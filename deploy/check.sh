@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Validates what deploy/ ships with the tools that run it: promtool for the
+# alert rules, nginx -t for the proxy config, systemd-analyze for the unit.
+# (The Dockerfile and compose file need a registry to build; see deploy/README.md.)
+# Usage: deploy/check.sh path/to/herald
+set -euo pipefail
+herald="$(realpath "${1:?usage: deploy/check.sh path/to/herald}")"
+cd "$(dirname "$0")"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+echo "-- promtool check rules"
+promtool check rules prometheus/alerts.yml
+
+echo "-- nginx -t"
+cat > "$scratch/nginx.conf" <<CONF
+pid $scratch/nginx.pid;
+error_log stderr;
+events {}
+http {
+    access_log off;
+    client_body_temp_path $scratch;
+    proxy_temp_path $scratch;
+    include $PWD/nginx/herald.conf;
+}
+CONF
+nginx -t -q -p "$scratch" -c "$scratch/nginx.conf"
+
+echo "-- systemd-analyze verify"
+sed "s#/usr/local/bin/herald#$herald#" systemd/herald.service > "$scratch/herald.service"
+systemd-analyze verify "$scratch/herald.service"
+
+echo "-- examples/venue-app.toml"
+"$herald" config --config examples/venue-app.toml > /dev/null
+
+echo "deploy/: all checks passed"
