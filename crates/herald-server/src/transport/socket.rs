@@ -397,3 +397,141 @@ impl Socket {
         self.account();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    fn socket(max_message: usize) -> (Socket, DuplexStream, Gauge) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let gauge = Gauge::default();
+        let settings = Settings {
+            max_message,
+            fragment_timeout: Duration::from_millis(200),
+            read_buffer_gauge: gauge.clone(),
+        };
+        (
+            Socket::new(Box::new(server), Vec::new(), settings),
+            client,
+            gauge,
+        )
+    }
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![first, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    /// Everything the server wrote so far, as (opcode, payload) frames.
+    async fn written(client: &mut DuplexStream) -> Vec<(u8, Vec<u8>)> {
+        let mut bytes = vec![0u8; 1 << 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), client.read(&mut bytes))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < n {
+            let len = usize::from(bytes[at + 1]);
+            assert!(len < 126);
+            frames.push((bytes[at] & 0x0F, bytes[at + 2..at + 2 + len].to_vec()));
+            at += 2 + len;
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn recv_dropped_mid_frame_loses_nothing() {
+        let (mut s, mut client, _) = socket(1024);
+        let f = masked(0x81, br#"{"type":"ping"}"#);
+        client.write_all(&f[..5]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), s.recv()).await;
+        assert!(waited.is_err(), "half a frame is not a frame");
+        client.write_all(&f[5..]).await.unwrap();
+        match s.recv().await {
+            Inbound::Text(t) => assert_eq!(t.as_str(), r#"{"type":"ping"}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_pings_gets_one_pong_with_the_latest_payload() {
+        let (mut s, mut client, _) = socket(1024);
+        let burst: Vec<u8> = (0..50u8).flat_map(|i| masked(0x89, &[i])).collect();
+        client.write_all(&burst).await.unwrap();
+        for _ in 0..50 {
+            assert!(matches!(s.recv().await, Inbound::Control));
+        }
+        // The next recv finds nothing buffered: the pong goes out then.
+        let idle = tokio::time::timeout(Duration::from_millis(50), s.recv()).await;
+        assert!(idle.is_err());
+        assert_eq!(written(&mut client).await, vec![(0xA, vec![49])]);
+    }
+
+    #[tokio::test]
+    async fn a_pending_pong_leaves_with_the_next_send() {
+        let (mut s, mut client, _) = socket(1024);
+        client.write_all(&masked(0x89, b"x")).await.unwrap();
+        assert!(matches!(s.recv().await, Inbound::Control));
+        s.send(vec![Utf8Bytes::from_static("hi")]).await.unwrap();
+        assert_eq!(
+            written(&mut client).await,
+            vec![(0xA, b"x".to_vec()), (0x1, b"hi".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_close_is_answered_on_finish() {
+        let (mut s, mut client, _) = socket(1024);
+        client
+            .write_all(&masked(0x88, &4000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        assert!(matches!(s.recv().await, Inbound::Closed));
+        assert!(s.send(vec![Utf8Bytes::from_static("late")]).await.is_err());
+        s.finish().await;
+        assert_eq!(
+            written(&mut client).await,
+            vec![(0x8, 4000u16.to_be_bytes().to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_fragment_times_out_with_1008() {
+        let (mut s, mut client, _) = socket(1024);
+        client.write_all(&masked(0x01, b"part")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), s.recv())
+            .await
+            .unwrap();
+        assert!(matches!(got, Inbound::Protocol(Violation::FragmentTimeout)));
+        s.fail(Violation::FragmentTimeout).await;
+        let frames = written(&mut client).await;
+        assert_eq!(frames[0].0, 0x8);
+        assert_eq!(&frames[0].1[..2], &1008u16.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn the_gauge_follows_the_buffers_and_is_given_back_on_drop() {
+        let (mut s, mut client, gauge) = socket(100_000);
+        assert_eq!(gauge.get(), READ_IDLE as i64);
+        let text = "y".repeat(60_000);
+        let mut f = vec![0x81, 0x80 | 127];
+        f.extend_from_slice(&(text.len() as u64).to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(text.as_bytes());
+        client.write_all(&f).await.unwrap();
+        assert!(matches!(s.recv().await, Inbound::Text(_)));
+        assert_eq!(
+            gauge.get(),
+            READ_IDLE as i64,
+            "back to idle after the frame"
+        );
+        drop(s);
+        assert_eq!(gauge.get(), 0);
+    }
+}

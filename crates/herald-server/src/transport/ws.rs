@@ -9,7 +9,10 @@
 //! kept-alive connection, say) through hyper.
 //!
 //! The frames themselves are Herald's own codec ([`super::socket`],
-//! [`super::frame`]); tungstenite is kept for the accept key only.
+//! [`super::frame`]), not tungstenite's stream: we need buffers that shrink,
+//! every frame seen (to charge control frames) and coalesced pongs, which its
+//! API doesn't expose. Tungstenite is kept for the accept key and the text
+//! type.
 
 use std::sync::Arc;
 
