@@ -67,7 +67,7 @@ async fn raw_ws(host: &str) -> TcpStream {
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    s.write_all(request.as_bytes()).await.unwrap();
+    send(&mut s, request.as_bytes()).await;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -131,7 +131,7 @@ async fn until_close<R: AsyncReadExt + Unpin>(s: &mut R) -> (u16, Vec<(u8, Vec<u
 /// text frame before it, then the end of the stream.
 async fn closes_with(host: &str, bytes: &[u8], code: u16) {
     let mut s = raw_ws(host).await;
-    s.write_all(bytes).await.unwrap();
+    send(&mut s, bytes).await;
     let (got, before) = until_close(&mut s).await;
     assert_eq!(got, code);
     assert!(
@@ -141,13 +141,25 @@ async fn closes_with(host: &str, bytes: &[u8], code: u16) {
     assert!(read_frame(&mut s).await.is_none(), "then the TCP close");
 }
 
-async fn metric(origin: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{origin}/metrics"))
+/// Writes all of `bytes`, in bounded time.
+async fn send<W: AsyncWriteExt + Unpin>(s: &mut W, bytes: &[u8]) {
+    tokio::time::timeout(WAIT, s.write_all(bytes))
         .await
-        .unwrap()
-        .text()
-        .await
+        .expect("the server reads in time")
         .unwrap();
+}
+
+async fn metric(origin: &str, name: &str) -> f64 {
+    let text = tokio::time::timeout(WAIT, async {
+        reqwest::get(format!("{origin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("/metrics answers in time");
     text.lines()
         .find_map(|l| {
             let (key, value) = l.split_once(' ')?;
@@ -162,7 +174,7 @@ async fn a_client_close_is_answered_with_its_code() {
     let host = host(&server);
     for (sent, echoed) in [(&[0x0F, 0xA0][..], 4000), (&[][..], 1000)] {
         let mut s = raw_ws(&host).await;
-        s.write_all(&frame(CLOSE, true, sent)).await.unwrap();
+        send(&mut s, &frame(CLOSE, true, sent)).await;
         let (code, _) = until_close(&mut s).await;
         assert_eq!(code, echoed);
         assert!(read_frame(&mut s).await.is_none(), "then the TCP close");
@@ -188,7 +200,7 @@ async fn a_frame_over_max_frame_bytes_is_refused_from_its_header_with_1009() {
     // Only the header of a 70,000-byte frame (the limit is 65,536): the
     // server must not wait for the payload to refuse it.
     let big = frame(TEXT, true, &vec![b'a'; 70_000]);
-    s.write_all(&big[..14]).await.unwrap();
+    send(&mut s, &big[..14]).await;
     let (code, before) = until_close(&mut s).await;
     assert_eq!(code, 1009);
     // 1009 is also a Herald close code: its `disconnect` says not to reconnect.
@@ -216,6 +228,10 @@ async fn a_ping_flood_is_charged_and_its_pongs_coalesced() {
     });
     let (code, before) = until_close(&mut rx).await;
     let pongs = before.iter().filter(|(op, _)| *op == PONG).count();
+    eprintln!(
+        "{pongs} pongs and {} frames in all before the close",
+        before.len()
+    );
     assert_eq!(
         code,
         4004,
@@ -233,16 +249,16 @@ async fn an_unfinished_message_kept_alive_with_pings_closes_with_1008() {
     let (_dir, server) = start();
     let mut s = raw_ws(&host(&server)).await;
     let began = Instant::now();
-    s.write_all(&frame(TEXT, false, &[b' '; 1000]))
-        .await
-        .unwrap();
+    send(&mut s, &frame(TEXT, false, &[b' '; 1000])).await;
     let (mut rx, mut tx) = s.into_split();
     // Pings every 200 ms keep the connection alive; the fragment must not.
     let pinger = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         for _ in 0..25 {
             tick.tick().await;
-            if tx.write_all(&frame(PING, true, b"")).await.is_err() {
+            let ping = frame(PING, true, b"");
+            let sent = tokio::time::timeout(WAIT, tx.write_all(&ping)).await;
+            if !matches!(sent, Ok(Ok(()))) {
                 break;
             }
         }
@@ -269,9 +285,7 @@ async fn read_buffers_shrink_back_after_large_frames() {
     }
     // Each socket answers a small command first, so all 20 are sessions.
     for s in &mut sockets {
-        s.write_all(&frame(TEXT, true, br#"{"type":"ping","id":1}"#))
-            .await
-            .unwrap();
+        send(s, &frame(TEXT, true, br#"{"type":"ping","id":1}"#)).await;
         let (op, reply) = read_frame(s).await.unwrap();
         assert_eq!(op, TEXT, "{}", String::from_utf8_lossy(&reply));
     }
@@ -290,7 +304,7 @@ async fn read_buffers_shrink_back_after_large_frames() {
             .as_bytes(),
     );
     for s in &mut sockets {
-        s.write_all(&big).await.unwrap();
+        send(s, &big).await;
         let (op, reply) = read_frame(s).await.unwrap();
         assert_eq!(op, TEXT);
         let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
@@ -304,9 +318,7 @@ async fn read_buffers_shrink_back_after_large_frames() {
     );
     // Closed sockets give back what they held.
     for s in &mut sockets {
-        s.write_all(&frame(CLOSE, true, &1000u16.to_be_bytes()))
-            .await
-            .unwrap();
+        send(s, &frame(CLOSE, true, &1000u16.to_be_bytes())).await;
         until_close(s).await;
         assert!(read_frame(s).await.is_none());
     }
