@@ -734,6 +734,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fragmented_stream_fed_one_byte_at_a_time_decodes_the_same() {
+        let stream = [
+            frame(OP_TEXT, false, "a€".as_bytes()),
+            frame(OP_PONG, true, b""),
+            frame(OP_CONTINUATION, false, &[b'b'; 126]),
+            frame(OP_CONTINUATION, true, b"c"),
+            frame(OP_PING, true, b"x"),
+        ]
+        .concat();
+        let whole = all(&stream).unwrap();
+        let mut d = Decoder::new(MAX);
+        let mut held = Vec::new();
+        let mut events = Vec::new();
+        for byte in &stream {
+            held.push(*byte);
+            if let Decoded::Frame {
+                consumed,
+                event,
+                charged,
+            } = d.decode(&held).unwrap()
+            {
+                held.drain(..consumed);
+                events.push((event, charged));
+            }
+        }
+        assert!(held.is_empty());
+        assert_eq!(events, whole);
+    }
+
+    #[test]
     fn byte_by_byte_input_asks_for_exactly_the_next_frame() {
         let f = frame(OP_TEXT, true, &[b'z'; 200]);
         let mut d = Decoder::new(MAX);
