@@ -7,7 +7,7 @@
 #   fuzz/run.sh TARGET [SECONDS] [extra libFuzzer flags…]
 #   fuzz/run.sh parse_command 600
 #
-# Targets: parse_command, cursor, since. The corpus grows in
+# Targets: parse_command, cursor, since, ws_frame. The corpus grows in
 # fuzz/corpus/TARGET (seeded from fuzz/seeds/TARGET); crashes land in
 # fuzz/artifacts/TARGET.
 set -euo pipefail

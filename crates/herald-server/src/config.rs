@@ -180,7 +180,8 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Largest published `data`, encoded.
     pub max_message_bytes: usize,
-    /// Sustained commands per second per connection.
+    /// Sustained commands per second per connection. WebSocket pings, pongs
+    /// and unfinished fragments spend the same tokens (before `connect` too).
     pub commands_per_second: u32,
     /// Commands a connection may send in a burst.
     pub burst: u32,
@@ -256,7 +257,8 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<String>,
     /// Deepest nesting of arrays and objects accepted in message `data`.
     pub max_json_depth: usize,
-    /// Time a fragmented WebSocket message may take to complete.
+    /// Time a fragmented WebSocket message may take to complete; then the
+    /// socket is closed with 1008.
     #[serde(with = "duration_str")]
     #[schemars(with = "String")]
     pub fragment_timeout: Duration,

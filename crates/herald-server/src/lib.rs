@@ -32,6 +32,12 @@ pub mod tls;
 pub mod transport;
 mod write_deadline;
 
+/// Internals exposed for the fuzz targets only; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::transport::frame::{Decoded, Decoder, Event, Violation};
+}
+
 pub use config::Config;
 pub use node::{Node, NodeError, Stats};
 pub use server::{ServeError, Server};

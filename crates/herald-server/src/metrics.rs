@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Sockets refused at accept or at their first request, by `reason`:
     /// `per_ip`, `fd_reserve`, `fd_ceiling`.
     pub connections_refused: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Bytes held by WebSocket read and message-assembly buffers, all
+    /// connections together (kept by each socket's drop guard).
+    pub ws_read_buffer_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,7 @@ impl Metrics {
             ip_counted_sockets: Gauge::default(),
             ip_counted_addresses: Gauge::default(),
             connections_refused: Family::default(),
+            ws_read_buffer_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,6 +222,11 @@ impl Metrics {
             "connections_refused",
             "Sockets refused, by reason (per_ip, fd_reserve, fd_ceiling)",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "ws_read_buffer_bytes",
+            "Bytes of WebSocket read and message-assembly buffers, all connections",
+            m.ws_read_buffer_bytes.clone(),
         );
         // Every reason exported from the start, at 0: a series that appears
         // only at its first refusal breaks `rate()` and dashboards.

@@ -23,6 +23,7 @@ use crate::auth::{unix_now, Identity};
 use crate::conns::IpSlot;
 use crate::hub::{inbox_key, Conn, EncodedPub, QueueBound, INBOX_PREFIX};
 use crate::node::{Node, NodeError, PublishItem, Recovery, SessionSlot};
+use crate::transport::frame::Violation;
 use crate::transport::ws::{Inbound, Socket};
 
 /// Most queued frames written in one go.
@@ -34,7 +35,10 @@ const STRIKE_MEMORY: Duration = Duration::from_secs(10);
 enum Stop {
     /// Close with this code, after a `disconnect` frame.
     Close(CloseCode),
-    /// The peer closed or vanished; nothing more to send.
+    /// The client broke the WebSocket protocol: a close frame with the RFC
+    /// 6455 code, and no `disconnect` (it is not a Herald close).
+    Violation(Violation),
+    /// The peer closed or vanished; only its close is answered.
     Gone,
 }
 
@@ -94,19 +98,24 @@ pub(crate) fn run(
         let stop = session.run_loop().await;
         match &stop {
             Stop::Close(code) => tracing::debug!(code = code.as_u16(), "closing"),
+            Stop::Violation(_) => tracing::debug!("protocol violation"),
             Stop::Gone => tracing::debug!("peer gone"),
         }
         session.streams.leave_all();
         session.slot = None;
-        if let Stop::Close(code) = stop {
-            let goodbye = ServerFrame::Disconnect {
-                code: code.as_u16(),
-                reason: code.reason(),
-                reconnect: code.reconnect(),
-            };
-            // Boxed: the goodbye's state would otherwise widen every idle
-            // session's future.
-            Box::pin(session.socket.close(Some(goodbye.to_json().into()), code)).await;
+        // Boxed: the goodbyes' state would otherwise widen every idle
+        // session's future.
+        match stop {
+            Stop::Close(code) => {
+                let goodbye = ServerFrame::Disconnect {
+                    code: code.as_u16(),
+                    reason: code.reason(),
+                    reconnect: code.reconnect(),
+                };
+                Box::pin(session.socket.close(Some(goodbye.to_json().into()), code)).await;
+            }
+            Stop::Violation(v) => Box::pin(session.socket.fail(v)).await,
+            Stop::Gone => Box::pin(session.socket.finish()).await,
         }
     };
     tracing::Instrument::instrument(session_task, span)
@@ -325,10 +334,24 @@ impl Session {
                 )
                 .await
             }
-            Inbound::Control => Ok(()),
+            Inbound::Control => self.charge_control(),
             Inbound::Closed => Err(Stop::Gone),
-            Inbound::TooLarge => Err(Stop::Close(CloseCode::FrameTooLarge)),
+            // 1009 is a Herald close code too (SPEC §3): it gets its
+            // `disconnect`, with `reconnect: false`.
+            Inbound::Protocol(Violation::TooBig) => Err(Stop::Close(CloseCode::FrameTooLarge)),
+            Inbound::Protocol(v) => Err(Stop::Violation(v)),
         }
+    }
+
+    /// Pings, pongs and unfinished fragments cost a command token like any
+    /// command, before `connect` too: each costs the server a wakeup and a
+    /// decode, and a flood of them once kept a core busy. Over budget they
+    /// are strikes (no error frame: there is no command to answer).
+    fn charge_control(&mut self) -> Step {
+        if self.bucket.take() {
+            return Ok(());
+        }
+        self.strike()
     }
 
     async fn on_text(&mut self, text: &str) -> Step {

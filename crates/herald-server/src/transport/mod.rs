@@ -1,5 +1,8 @@
 //! Transports that carry sessions. Only WebSocket for now; the seam is small
 //! so the WebSocket library can be swapped without touching the session.
 
+mod buffer;
+pub(crate) mod frame;
 pub(crate) mod head;
+mod socket;
 pub mod ws;

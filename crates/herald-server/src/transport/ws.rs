@@ -8,55 +8,38 @@
 //! errors and upgrades what the fast path could not take (an upgrade on a
 //! kept-alive connection, say) through hyper.
 //!
-//! Buffers are sized for many idle connections: a small read buffer instead of
-//! tungstenite's 128 KiB default, and writes that go out when the session
-//! flushes, so frames queued together leave in one `write()`.
+//! The frames themselves are Herald's own codec ([`super::socket`],
+//! [`super::frame`]), not tungstenite's stream: we need buffers that shrink,
+//! every frame seen (to charge control frames) and coalesced pongs, which its
+//! API doesn't expose. Tungstenite is kept for the accept key and the text
+//! type.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
+use tokio::io::AsyncWriteExt;
 
 use crate::http::error::ApiError;
 use crate::node::Node;
-use herald_protocol::{CloseCode, ErrorCode};
+use herald_protocol::ErrorCode;
 
-/// Bytes read from the socket at a time; frames larger than this still work
-/// (in several reads). Clients send small commands, so a small buffer costs
-/// little, and every idle connection keeps one.
-const READ_BUFFER: usize = 256;
-/// Bytes of queued frames at which a flush happens even mid-batch.
-const WRITE_BUFFER: usize = 32 * 1024;
-/// Time the goodbye (`disconnect` + close frame) may take before the socket
-/// is dropped: long enough for a slow reader to drain what is in flight and
-/// learn why it was closed, short enough that a stalled one can't hold a task.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+use super::socket::Settings;
+pub(crate) use super::socket::{Inbound, Io, Socket};
+
 /// Headers parsed in a fast-path upgrade head; a head with more goes the
 /// hyper way.
 const MAX_HEADERS: usize = 48;
 
-/// Any byte stream a WebSocket can run over: TCP, TLS, or hyper's upgraded
-/// connection. Boxed so the session is one type whatever the transport.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-fn config(node: &Node) -> WebSocketConfig {
-    let max_frame = node.config().limits.max_frame_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + 4 * max_frame + 64 * 1024)
-        .max_frame_size(Some(max_frame))
-        .max_message_size(Some(max_frame))
+fn settings(node: &Node) -> Settings {
+    let limits = &node.config().limits;
+    Settings {
+        max_message: limits.max_frame_bytes,
+        fragment_timeout: limits.fragment_timeout,
+        read_buffer_gauge: node.metrics.ws_read_buffer_bytes.clone(),
+    }
 }
 
 /// Checks an upgrade request; the `Sec-WebSocket-Accept` value when it is
@@ -161,10 +144,7 @@ pub(crate) async fn accept_raw<S: Io + 'static>(
     }
     // Anything after the head is the client's first frames.
     let early = head[len..].to_vec();
-    let stream: Box<dyn Io> = Box::new(stream);
-    let ws =
-        WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config(node))).await;
-    Ok(Some(Socket(ws)))
+    Ok(Some(Socket::new(Box::new(stream), early, settings(node))))
 }
 
 /// `GET /ws` through the router: the JSON refusals, and the upgrades the
@@ -184,16 +164,15 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         Err(e) => return e.into_response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = config(&node);
+    let settings = settings(&node);
     let tracker = node.tracker().clone();
     // Tracked so shutdown can wait for every session's goodbye.
     tracker.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let stream: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
-        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        crate::session::run(node, Socket(ws), slot).await;
+        let socket = Socket::new(Box::new(TokioIo::new(upgraded)), Vec::new(), settings);
+        crate::session::run(node, socket, slot).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -202,78 +181,4 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// What arrived from the client.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    /// A text frame.
-    Text(Utf8Bytes),
-    /// A binary frame (not part of the protocol).
-    Binary,
-    /// A control frame (ping/pong), which still proves liveness.
-    Control,
-    /// The client closed, or the connection is gone.
-    Closed,
-    /// A frame over `max_frame_bytes`.
-    TooLarge,
-}
-
-/// The session's view of a WebSocket.
-pub(crate) struct Socket(WebSocketStream<Box<dyn Io>>);
-
-impl std::fmt::Debug for Socket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Socket").finish_non_exhaustive()
-    }
-}
-
-impl Socket {
-    /// The next thing from the client. Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Inbound {
-        match self.0.next().await {
-            Some(Ok(Message::Text(t))) => Inbound::Text(t),
-            Some(Ok(Message::Binary(_))) => Inbound::Binary,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Control,
-            Some(Ok(Message::Close(_))) | None => Inbound::Closed,
-            Some(Err(tungstenite::Error::Capacity(_))) => Inbound::TooLarge,
-            Some(Err(_)) => Inbound::Closed,
-        }
-    }
-
-    /// Queues `frames` and flushes them: one write for the lot where the
-    /// kernel takes it.
-    pub(crate) async fn send(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), tungstenite::Error> {
-        for frame in frames {
-            self.0.feed(Message::Text(frame)).await?;
-        }
-        self.0.flush().await
-    }
-
-    /// Sends `last` (the `disconnect` frame) and a close frame with `code`,
-    /// then waits for the client's close (the RFC 6455 closing handshake),
-    /// giving up after [`CLOSE_TIMEOUT`] in all.
-    pub(crate) async fn close(mut self, last: Option<Utf8Bytes>, code: CloseCode) {
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.as_u16()),
-            reason: Utf8Bytes::from_static(code.reason()),
-        };
-        let goodbye = async {
-            if let Some(last) = last {
-                self.0.feed(Message::Text(last)).await?;
-            }
-            self.0.send(Message::Close(Some(frame))).await?;
-            // Wait for the client's close, discarding what it still sends:
-            // closing a socket with unread input makes the kernel send a
-            // reset, which can destroy the `disconnect` frame in flight (a
-            // flooding client would never learn it was closed for abuse).
-            while let Some(Ok(message)) = self.0.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-            Ok::<(), tungstenite::Error>(())
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-    }
 }

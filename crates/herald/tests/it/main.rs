@@ -13,3 +13,4 @@ mod hostile;
 mod logs;
 mod metrics;
 mod publish;
+mod ws_protocol;
