@@ -11,13 +11,17 @@
  * original offset and cursor.
  */
 
-/** Options of {@link getRealtimeServer}. */
+/** Options of {@link getRealtimeServer}; each falls back to the environment. */
 export interface RealtimeServerOptions {
-  /** Herald's HTTP origin, e.g. `http://localhost:8080` (a `ws://…/ws` URL is accepted too). */
-  url: string
-  /** One of the server's `auth.api_keys`. */
-  apiKey: string
-  /** The server's `auth.hmac_secret`; needed by {@link RealtimeServer.createToken} only. */
+  /**
+   * Herald's HTTP origin, e.g. `http://localhost:8080` (a `ws://…/ws` URL is
+   * accepted too). Default: `HERALD_URL`, else `http://localhost:$WEBSOCKET_PORT`
+   * (8080).
+   */
+  url?: string
+  /** One of the server's `auth.api_keys`. Default: `HERALD_API_KEY`. */
+  apiKey?: string
+  /** The server's `auth.hmac_secret`; needed by {@link RealtimeServer.createToken} only. Default: `HERALD_HMAC_SECRET`. */
   hmacSecret?: string
   /** Time one attempt may take, in ms (default 10 000). */
   timeout?: number
@@ -116,13 +120,29 @@ const DEFAULT_RETRIES = 3
 const RETRY_BASE = 200
 const RETRY_MAX = 5_000
 
-/** Returns a client for the Herald server at `options.url`. */
-export function getRealtimeServer(options: RealtimeServerOptions): RealtimeServer {
-  if (!options || typeof options.url !== 'string' || options.url === '') {
-    throw new TypeError('getRealtimeServer: `url` is required (Herald\'s HTTP origin)')
+/**
+ * Returns a client for the Herald server at `options.url`. As in the seed
+ * application, `getRealtimeServer()` alone (or with a port number) works:
+ * the URL, API key and secret then come from `HERALD_URL` (or
+ * `WEBSOCKET_PORT`), `HERALD_API_KEY` and `HERALD_HMAC_SECRET`.
+ *
+ * Every call returns a promise that is already marked handled: code written
+ * for a synchronous server (`server.broadcastToChannel(…)` without `await`)
+ * never crashes the process on a failed publish. Await the call to see
+ * failures.
+ */
+export function getRealtimeServer(optionsOrPort: RealtimeServerOptions | number = {}): RealtimeServer {
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env ?? {}
+  const given: RealtimeServerOptions = typeof optionsOrPort === 'number' ? {} : (optionsOrPort ?? {})
+  const port = typeof optionsOrPort === 'number' ? optionsOrPort : (env.WEBSOCKET_PORT ?? 8080)
+  const options = {
+    ...given,
+    url: given.url ?? env.HERALD_URL ?? `http://localhost:${port}`,
+    apiKey: given.apiKey ?? env.HERALD_API_KEY ?? '',
+    hmacSecret: given.hmacSecret ?? env.HERALD_HMAC_SECRET,
   }
-  if (typeof options.apiKey !== 'string' || options.apiKey === '') {
-    throw new TypeError('getRealtimeServer: `apiKey` is required')
+  if (options.apiKey === '') {
+    throw new TypeError('getRealtimeServer: an API key is required (`apiKey`, or HERALD_API_KEY in the environment)')
   }
   const origin = httpOrigin(options.url)
   const timeout = options.timeout ?? DEFAULT_TIMEOUT
@@ -177,13 +197,13 @@ export function getRealtimeServer(options: RealtimeServerOptions): RealtimeServe
 
   return {
     broadcastToChannel(channel, data, options) {
-      return publish(`/api/channels/${encodeURIComponent(channel)}/messages`, data, options)
+      return handled(publish(`/api/channels/${encodeURIComponent(channel)}/messages`, data, options))
     },
     sendNotification(userId, data, options) {
-      return publish(`/api/users/${encodeURIComponent(userId)}/notifications`, data, options)
+      return handled(publish(`/api/users/${encodeURIComponent(userId)}/notifications`, data, options))
     },
     getStats() {
-      return call<ServerStats>('GET', '/api/websocket')
+      return handled(call<ServerStats>('GET', '/api/websocket'))
     },
     async batch(items) {
       if (!Array.isArray(items)) throw new TypeError('batch: items must be an array')
@@ -239,6 +259,12 @@ function errorFrom(response: Response, text: string): HeraldError {
   const after = Number(response.headers.get('retry-after'))
   if (Number.isFinite(after) && after > 0) error.retryAfter = after * 1000
   return error
+}
+
+/** `p`, marked handled so an unawaited failure is no unhandled rejection; awaiting it still throws. */
+function handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {})
+  return p
 }
 
 function newKey(): string {

@@ -191,6 +191,36 @@ describe('herald-realtime/server', () => {
     expect(await history('chat:batch-once')).toHaveLength(2)
   })
 
+  it("the seed's own code runs with only the import changed: no arguments, and no await", async () => {
+    const saved = { url: process.env.HERALD_URL, key: process.env.HERALD_API_KEY }
+    process.env.HERALD_URL = herald.origin
+    process.env.HERALD_API_KEY = API_KEY
+    const unhandled: unknown[] = []
+    const onUnhandled = (e: unknown) => unhandled.push(e)
+    process.on('unhandledRejection', onUnhandled)
+    try {
+      // As in the seed: getRealtimeServer() and calls that are not awaited.
+      const seedServer = getRealtimeServer()
+      seedServer.broadcastToChannel('chat:seed', { id: 1, name: 'Blue Bar' })
+      seedServer.sendNotification('user-seed', { title: 'Venue Updated' })
+      await waitFor(async () => (await history('chat:seed')).length === 1, 'the unawaited broadcast')
+      // A failing unawaited call must not become an unhandled rejection.
+      const broken = getRealtimeServer({ url: herald.origin, apiKey: 'wrong', retries: 0 })
+      broken.broadcastToChannel('chat:seed', {})
+      await new Promise((r) => setTimeout(r, 200))
+      expect(unhandled).toEqual([])
+      // …while an awaited one still rejects.
+      await expect(broken.broadcastToChannel('chat:seed', {})).rejects.toMatchObject({ status: 401 })
+      expect(() => getRealtimeServer({ url: herald.origin, apiKey: '' })).toThrow(/API key/)
+    } finally {
+      process.off('unhandledRejection', onUnhandled)
+      if (saved.url === undefined) delete process.env.HERALD_URL
+      else process.env.HERALD_URL = saved.url
+      if (saved.key === undefined) delete process.env.HERALD_API_KEY
+      else process.env.HERALD_API_KEY = saved.key
+    }
+  })
+
   it('an unreachable server rejects with status 0 after its retries', async () => {
     const { f, calls } = scriptedFetch([])
     const gone = getRealtimeServer({ url: 'http://127.0.0.1:9', apiKey: API_KEY, fetch: f, retries: 1, timeout: 2000 })
