@@ -21,7 +21,7 @@ use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
     Budget, EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication,
-    PublishRequest, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
+    PublishRequest, RedisEngine, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
@@ -243,8 +243,19 @@ impl Node {
         };
         let (engine, embedded): (Arc<dyn Engine>, _) = match config.engine.kind {
             EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone(), budget)), None),
-            // Redis is refused by config validation until it exists.
-            EngineKind::Embedded | EngineKind::Redis => {
+            EngineKind::Redis => {
+                let url = config.engine.redis_url.as_deref().ok_or_else(|| {
+                    EngineError("engine.redis_url is required for the redis engine".into())
+                })?;
+                let e = Arc::new(RedisEngine::new(
+                    url,
+                    &config.engine.redis_prefix,
+                    hub.clone(),
+                )?);
+                hub.set_watcher(Arc::downgrade(&e.watcher()));
+                (e as Arc<dyn Engine>, None)
+            }
+            EngineKind::Embedded => {
                 let e = Arc::new(EmbeddedEngine::open(
                     &config.engine.path,
                     config.engine.sync,
@@ -738,6 +749,7 @@ impl Node {
         since: Option<&Cursor>,
     ) -> Result<Recovery, EngineError> {
         let size = self.retention(stream).size;
+        self.listening(stream).await?;
         let Some(since) = since else {
             let page = self
                 .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0)
@@ -783,6 +795,7 @@ impl Node {
         since: &PollSince,
         limit: usize,
     ) -> Result<PollPage, EngineError> {
+        self.listening(stream).await?;
         let (page, recovered) = match since {
             PollSince::Oldest => (self.page(stream, HistoryFrom::Oldest, limit).await?, true),
             PollSince::Time(t) => {
@@ -821,6 +834,14 @@ impl Node {
             messages,
             recovered,
             more,
+        })
+    }
+
+    /// Waits until the engine brings `stream`'s publications to the hub (a
+    /// no-op unless someone here watches it through a remote fan-out).
+    async fn listening(&self, stream: &str) -> Result<(), EngineError> {
+        self.engine.listening(stream).await.inspect_err(|_| {
+            self.metrics.engine_errors.inc();
         })
     }
 

@@ -1,0 +1,324 @@
+//! The redis engine: several Herald nodes share one Redis. History, offsets
+//! and epochs live in Redis; a publish is one Lua script (next offset,
+//! append, trim, expire, idempotency key, PUBLISH), so offsets stay gap-free
+//! whichever node publishes; every node hears publications through Redis
+//! pub/sub and hands them to its hub (see [`fanout`]).
+//!
+//! Client: redis-rs (the `redis` crate). It is the maintained async client
+//! (fred has had no release since early 2025), it has a `ConnectionManager`
+//! that reconnects by itself for commands, EVALSHA with EVAL fallback
+//! (`Script`), a split pub/sub connection (subscribe from one task, read
+//! messages in another) and a cluster client for the later Cluster port.
+//!
+//! Connections per node: one multiplexed command connection (the manager)
+//! and one pub/sub connection, whatever the number of channels or clients.
+
+mod fanout;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Script, Value};
+use async_trait::async_trait;
+
+use super::*;
+use crate::ids::{random_token, unix_millis};
+
+pub(crate) use fanout::Watcher;
+
+/// How long any one Redis call may take before the engine reports failure
+/// (a publish then answers 503 rather than hang).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a stream's counters outlive its last publish beyond its history
+/// TTL. When they go the stream restarts under a new epoch, so a cursor
+/// from before gets `recovered: false`, never a silent restart at 1.
+const META_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long an epoch read from a stream nothing was published to is kept
+/// for its first publish to adopt (see `scripts::HISTORY`).
+const UNBORN_TTL: Duration = Duration::from_secs(3600);
+
+/// Where one stream lives in Redis.
+struct Keys {
+    meta: String,
+    log: String,
+    channel: String,
+}
+
+/// Names keys and channels under one prefix. The stream is the hash tag and
+/// comes last (or before a hex part that holds no `}`), so no two streams'
+/// keys can collide whatever bytes a user id holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Naming {
+    prefix: Arc<str>,
+}
+
+impl Naming {
+    fn keys(&self, stream: &str) -> Keys {
+        let p = &self.prefix;
+        Keys {
+            meta: format!("{p}:m:{{{stream}}}"),
+            log: format!("{p}:l:{{{stream}}}"),
+            channel: self.channel(stream),
+        }
+    }
+
+    fn channel(&self, stream: &str) -> String {
+        format!("{}:p:{{{stream}}}", self.prefix)
+    }
+
+    fn idempotency_key(&self, stream: &str, key: &str) -> String {
+        format!("{}:k:{{{stream}}}:{}", self.prefix, hex::encode(key))
+    }
+
+    /// The stream a pub/sub channel carries.
+    fn stream_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":p:{")?
+            .strip_suffix('}')
+    }
+}
+
+/// Several nodes sharing one Redis.
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    naming: Naming,
+    publish: Script,
+    history: Script,
+    fanout: Arc<fanout::Fanout>,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.naming.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError(format!("redis: {e}"))
+}
+
+/// Runs one Redis call with the engine's deadline.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(engine_error),
+        Err(_) => Err(EngineError("redis: no answer in time".into())),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl RedisEngine {
+    /// An engine on `url` under key prefix `prefix`. Connects lazily, so a
+    /// node starts while Redis is down and becomes ready when it is up.
+    /// Call inside a Tokio runtime: the connections run as tasks.
+    pub fn new(url: &str, prefix: &str, sink: Arc<dyn FanoutSink>) -> Result<Self, EngineError> {
+        let client = ::redis::Client::open(url).map_err(engine_error)?;
+        // Few, quick retries: while Redis is down a publish should fail
+        // fast (503) rather than hold the request; the next call tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(CALL_TIMEOUT));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(engine_error)?;
+        let naming = Naming {
+            prefix: prefix.into(),
+        };
+        let history = Script::new(scripts::HISTORY);
+        let fanout =
+            fanout::Fanout::start(client, conn.clone(), naming.clone(), history.clone(), sink);
+        Ok(Self {
+            conn,
+            naming,
+            publish: Script::new(scripts::PUBLISH),
+            history,
+            fanout,
+        })
+    }
+
+    /// The hub's hook: which streams this node listens to.
+    pub(crate) fn watcher(&self) -> Arc<dyn Watcher> {
+        self.fanout.clone()
+    }
+
+    async fn publish_one(&self, req: PublishRequest) -> Result<Publication, EngineError> {
+        let keys = self.naming.keys(&req.stream);
+        let now = unix_millis();
+        let ttl = millis(req.retention.ttl).max(1);
+        let mut call = self.publish.prepare_invoke();
+        call.key(&keys.meta).key(&keys.log);
+        let key_ttl = match &req.key {
+            Some(k) => {
+                call.key(self.naming.idempotency_key(&req.stream, &k.key));
+                k.expire_at.saturating_sub(now).max(1)
+            }
+            None => 1,
+        };
+        call.arg(&*req.data)
+            .arg(req.retention.size.max(1))
+            .arg(ttl)
+            .arg(now)
+            .arg(random_token(8))
+            .arg(&keys.channel)
+            .arg(key_ttl)
+            .arg(ttl.saturating_add(millis(META_GRACE)));
+        let mut conn = self.conn.clone();
+        let (_, offset, ts, epoch): (i64, u64, u64, String) =
+            bounded(call.invoke_async(&mut conn)).await?;
+        Ok(Publication {
+            stream: req.stream,
+            epoch: epoch.into(),
+            offset,
+            ts,
+            data: req.data,
+        })
+    }
+}
+
+/// Reads a history page through the `HISTORY` script (also used by the
+/// fan-out to fill gaps).
+async fn read_history(
+    conn: &ConnectionManager,
+    script: &Script,
+    naming: &Naming,
+    stream: &str,
+    from: HistoryFrom,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<HistoryPage, EngineError> {
+    let keys = naming.keys(stream);
+    let (mode, value) = match from {
+        HistoryFrom::Oldest => ("a", 0),
+        HistoryFrom::AfterOffset(o) => ("o", o),
+        HistoryFrom::AfterTime(t) => ("t", t),
+    };
+    let mut call = script.prepare_invoke();
+    call.key(&keys.meta)
+        .key(&keys.log)
+        .arg(mode)
+        .arg(value)
+        .arg(limit.min(u32::MAX as usize))
+        // Lua numbers are doubles: past 2^53 a cap means "no cap" anyway.
+        .arg(max_bytes.min(1 << 53))
+        .arg(unix_millis())
+        .arg(random_token(8))
+        .arg(millis(UNBORN_TTL));
+    let mut conn = conn.clone();
+    let reply: Vec<Value> = bounded(call.invoke_async(&mut conn)).await?;
+    parse_page(reply)
+}
+
+fn parse_page(reply: Vec<Value>) -> Result<HistoryPage, EngineError> {
+    let bad = || EngineError("redis: malformed history reply".into());
+    let mut it = reply.into_iter();
+    let mut next = || it.next().ok_or_else(bad);
+    let epoch: String = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let top: u64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let first_kept: u64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let first_ts: i64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let mut messages = Vec::new();
+    for v in it {
+        let entry: String = ::redis::from_redis_value(v).map_err(engine_error)?;
+        messages.push(parse_entry(&entry).ok_or_else(bad)?);
+    }
+    Ok(HistoryPage {
+        epoch: epoch.into(),
+        top,
+        first_kept,
+        first_kept_ts: u64::try_from(first_ts).ok(),
+        messages,
+    })
+}
+
+/// `"<offset> <ts> <expire_at> <data>"`.
+fn parse_entry(entry: &str) -> Option<StoredMessage> {
+    let mut parts = entry.splitn(4, ' ');
+    let offset = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let _expire_at = parts.next()?;
+    Some(StoredMessage {
+        offset,
+        ts,
+        data: parts.next()?.into(),
+    })
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    /// One script call per message, in order: each is atomic on its own, and
+    /// a batch's messages to one stream still get consecutive offsets unless
+    /// another node publishes in between (a batch is not a transaction in
+    /// any engine). A failure part-way fails the call; messages before it
+    /// are published (a retry with idempotency keys answers them).
+    async fn publish(&self, requests: Vec<PublishRequest>) -> Result<Vec<Outcome>, EngineError> {
+        let mut out = Vec::with_capacity(requests.len());
+        for req in requests {
+            out.push(Ok(self.publish_one(req).await?));
+        }
+        Ok(out)
+    }
+
+    async fn history(
+        &self,
+        stream: &str,
+        from: HistoryFrom,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        read_history(
+            &self.conn,
+            &self.history,
+            &self.naming,
+            stream,
+            from,
+            limit,
+            max_bytes,
+        )
+        .await
+    }
+
+    async fn listening(&self, stream: &str) -> Result<(), EngineError> {
+        self.fanout.listening(stream).await
+    }
+
+    async fn ready(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let ping = bounded(::redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        ping.is_ok() && self.fanout.connected()
+    }
+
+    /// Redis expires history by itself (key TTLs and the scripts' front
+    /// trimming), so there is nothing to sweep.
+    async fn sweep(&self) -> SweepReport {
+        SweepReport::default()
+    }
+
+    /// What this node knows without asking Redis: nothing is stored here.
+    fn usage(&self) -> Usage {
+        Usage::default()
+    }
+
+    async fn close(&self) {
+        self.fanout.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;
