@@ -11,3 +11,4 @@ mod fd_reserve;
 mod files;
 mod hostile;
 mod publish;
+mod redis;
