@@ -406,3 +406,84 @@ async fn while_redis_is_down_publishes_and_ready_are_503_and_the_node_recovers_b
         vec![body["offset"].as_u64().unwrap()]
     );
 }
+
+/// Redis drops the nodes' pub/sub connections (as it does to a subscriber
+/// past its output buffer limit) while publishes go on: each node notices,
+/// re-subscribes and re-reads history from the last offset it delivered, so
+/// the subscriber gets every message once, in order.
+#[tokio::test]
+async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let (a, b) = two_nodes(dir.path(), &redis.url(), "herald");
+    let http = reqwest::Client::new();
+    let (mut on_b, _) = subscriber(&b.ws_url(), "r:6", None).await;
+    // A user's inbox on node B hears notifications sent through node A.
+    let mut user = Client::open(&b.ws_url()).await.unwrap();
+    let claims = herald_server::auth::Claims {
+        sub: "u9".into(),
+        exp: Some(herald_server::auth::unix_now() + 3600),
+        iat: None,
+        role: None,
+        channels: None,
+    };
+    let token = herald_server::auth::sign_hs256(SECRET, &claims).unwrap();
+    let connected = user.connect(Some(&token)).await.unwrap();
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let publisher = {
+        let http = http.clone();
+        let origin = a.origin.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                publish_ok(&http, &origin, "r:6", &json!({ "i": i })).await;
+                let r = http
+                    .post(format!("{origin}/api/users/u9/notifications"))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({ "n": i }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    assert_eq!(offsets(&mut on_b, 20).await, (1..=20).collect::<Vec<u64>>());
+    let mut killed = Vec::new();
+    for _ in 0..3 {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "CLIENT",
+                "KILL",
+                "TYPE",
+                "pubsub",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        killed.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        // Spacing only: the assertions below wait for what they need.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Node B's (node A subscribes to nothing, so Redis does not count its
+    // connection as pub/sub).
+    assert_eq!(killed[0], "1", "node B's pub/sub connection was dropped");
+    publisher.await.unwrap();
+    assert_eq!(
+        offsets(&mut on_b, 180).await,
+        (21..=200).collect::<Vec<u64>>(),
+        "every message once, in order, across the reconnects"
+    );
+    assert_eq!(
+        offsets(&mut user, 200).await,
+        (1..=200).collect::<Vec<u64>>()
+    );
+    publish_ok(&http, &a.origin, "r:6", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![201], "nothing twice");
+    assert!(
+        b.stderr().contains("redis pub/sub connection lost"),
+        "node B saw its connection drop: {}",
+        b.stderr()
+    );
+}
