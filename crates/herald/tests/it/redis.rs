@@ -487,3 +487,40 @@ async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_du
         b.stderr()
     );
 }
+
+/// A node killed with `kill -9` mid-stream: its client resumes on the
+/// other node from its cursor and gets every message once.
+#[tokio::test]
+async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    let (mut on_a, _) = subscriber(&a.ws_url(), "r:7", None).await;
+    let publisher = {
+        let http = http.clone();
+        let origin = b.origin.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                publish_ok(&http, &origin, "r:7", &json!({ "i": i })).await;
+            }
+        })
+    };
+    let mut cursor = String::new();
+    for want in 1..=30u64 {
+        let push = on_a.next_push().await.unwrap();
+        assert_eq!(push["offset"], want);
+        cursor = push["cursor"].as_str().unwrap().to_owned();
+    }
+    a.signal("-KILL");
+    a.wait_exit(Duration::from_secs(10));
+    let (mut on_b, reply) = subscriber(&b.ws_url(), "r:7", Some(&cursor)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publisher.await.unwrap();
+    assert_eq!(
+        offsets(&mut on_b, 70).await,
+        (31..=100).collect::<Vec<u64>>()
+    );
+    publish_ok(&http, &b.origin, "r:7", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![101], "nothing twice");
+}

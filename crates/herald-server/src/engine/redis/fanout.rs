@@ -125,6 +125,11 @@ impl Fanout {
         self.stop.cancel();
     }
 
+    /// The streams watched now.
+    pub(super) fn watched(&self) -> Vec<Arc<str>> {
+        self.watches.lock().keys().cloned().collect()
+    }
+
     pub(super) fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }

@@ -89,7 +89,15 @@ pub struct RedisEngine {
     naming: Naming,
     publish: Script,
     history: Script,
+    keep: Script,
     fanout: Arc<fanout::Fanout>,
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        // The pub/sub task holds the fan-out; it must not outlive the engine.
+        self.fanout.stop();
+    }
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -145,6 +153,7 @@ impl RedisEngine {
             naming,
             publish: Script::new(scripts::PUBLISH),
             history,
+            keep: Script::new(scripts::KEEP),
             fanout,
         })
     }
@@ -305,8 +314,22 @@ impl Engine for RedisEngine {
     }
 
     /// Redis expires history by itself (key TTLs and the scripts' front
-    /// trimming), so there is nothing to sweep.
+    /// trimming), so nothing is deleted here. What a sweep does is keep the
+    /// counters of every stream this node watches from expiring (for at
+    /// least [`UNBORN_TTL`] more): a watched stream is never removed, so
+    /// its subscribers' offsets stay meaningful however quiet it is.
     async fn sweep(&self) -> SweepReport {
+        let watched = self.fanout.watched();
+        let mut conn = self.conn.clone();
+        for stream in watched {
+            let mut call = self.keep.prepare_invoke();
+            call.key(self.naming.keys(&stream).meta)
+                .arg(millis(UNBORN_TTL));
+            if let Err(e) = bounded(call.invoke_async::<i64>(&mut conn)).await {
+                tracing::warn!(error = %e, "cannot keep watched streams alive now");
+                break;
+            }
+        }
         SweepReport::default()
     }
 

@@ -130,3 +130,15 @@ while got < limit and i < n do
 end
 return out
 "#;
+
+/// Keeps a watched stream's counters alive: extends the key's expiry to at
+/// least ARGV[1] ms (a key without one, or gone, is left alone).
+///
+/// KEYS: meta.
+pub(super) const KEEP: &str = r#"
+local t = redis.call('PTTL', KEYS[1])
+if t >= 0 and t < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return t
+"#;

@@ -154,3 +154,44 @@ async fn a_gap_in_pubsub_is_filled_from_history_and_repeats_are_dropped() {
     assert_eq!(seen, vec![1, 2, 3, 4, 5]);
     engine.close().await;
 }
+
+/// A sweep keeps a watched stream's counters from expiring, and leaves
+/// unwatched ones to their TTL.
+#[tokio::test]
+async fn a_sweep_keeps_watched_streams_alive() {
+    let prefix = Prefix::new();
+    let engine = RedisEngine::new(URL, &prefix.0, Arc::new(Recorder::default())).unwrap();
+    let watched: Arc<str> = "w".into();
+    engine.watcher().watch(&watched);
+    engine.listening("w").await.unwrap();
+    for s in ["w", "u"] {
+        engine
+            .history(s, HistoryFrom::Oldest, 1, usize::MAX)
+            .await
+            .unwrap();
+    }
+    let mut conn = engine.conn.clone();
+    for s in ["w", "u"] {
+        let _: i64 = ::redis::cmd("PEXPIRE")
+            .arg(engine.naming.keys(s).meta)
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    engine.sweep().await;
+    let ttl = |s: &str| {
+        let mut conn = conn.clone();
+        let key = engine.naming.keys(s).meta;
+        async move {
+            ::redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(ttl("w").await > 60_000, "the watched stream was kept");
+    assert!(ttl("u").await <= 60_000, "the unwatched one was not");
+    engine.close().await;
+}
