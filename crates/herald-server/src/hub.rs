@@ -495,4 +495,44 @@ mod tests {
         assert_eq!(hub.waiter_count(), 0);
         assert!(hub.shards.iter().all(|s| s.read().waiters.is_empty()));
     }
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl StreamWatcher for Log {
+        fn watch(&self, stream: &Arc<str>) {
+            self.0.lock().push(format!("+{stream}"));
+        }
+        fn unwatch(&self, stream: &str) {
+            self.0.lock().push(format!("-{stream}"));
+        }
+    }
+
+    /// The watcher hears the first listener arrive and the last leave,
+    /// whether subscribers or long polls, and nothing in between.
+    #[tokio::test]
+    async fn the_watcher_hears_first_and_last_listeners_only() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let log = Arc::new(Log::default());
+        let weak: Weak<dyn StreamWatcher> =
+            Arc::downgrade(&(log.clone() as Arc<dyn StreamWatcher>));
+        hub.set_watcher(weak);
+        let stream: Arc<str> = "c".into();
+        let (a, b) = (Arc::new(Conn::new(1, 4)), Arc::new(Conn::new(2, 4)));
+        hub.subscribe(&stream, &a);
+        hub.subscribe(&stream, &b);
+        let w = hub.wait(&stream);
+        hub.unsubscribe("c", 1);
+        hub.unsubscribe("c", 2);
+        assert_eq!(*log.0.lock(), ["+c"], "the waiter still listens");
+        drop(w);
+        assert_eq!(*log.0.lock(), ["+c", "-c"]);
+        // A long poll answered by a publication leaves too.
+        let w = hub.wait(&stream);
+        hub.deliver(&[publication("c", 1)]);
+        assert!(w.await);
+        assert_eq!(*log.0.lock(), ["+c", "-c", "+c", "-c"]);
+        hub.unsubscribe("c", 3);
+        assert_eq!(log.0.lock().len(), 4, "unknown connections change nothing");
+    }
 }

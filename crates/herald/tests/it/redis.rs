@@ -524,3 +524,82 @@ async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
     publish_ok(&http, &b.origin, "r:7", &json!("marker")).await;
     assert_eq!(offsets(&mut on_b, 1).await, vec![101], "nothing twice");
 }
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A node holds two Redis connections however many clients and channels it
+/// serves; a channel's Redis subscription is shared by its local listeners
+/// and released when the last one leaves.
+#[tokio::test]
+async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let config = redis_config(dir.path(), "a", &redis.url(), "herald");
+    let node = Proc::start(dir.path(), &["--config", &config]);
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        // Two clients per channel: one Redis subscription each channel.
+        let channel = format!("r:c{}", i / 2);
+        let (c, _) = subscriber(&node.ws_url(), &channel, None).await;
+        clients.push(c);
+    }
+    let channels = redis_cli(redis.port, &["PUBSUB", "CHANNELS", "herald:*"]);
+    assert_eq!(
+        channels.lines().filter(|l| !l.is_empty()).count(),
+        20,
+        "{channels}"
+    );
+    let list = redis_cli(redis.port, &["CLIENT", "LIST"]);
+    // Every connection but redis-cli's own is the node's.
+    let node_conns = list.lines().filter(|l| !l.contains("cmd=client")).count();
+    assert_eq!(
+        node_conns, 2,
+        "one command and one pub/sub connection:\n{list}"
+    );
+    // The first of each pair leaves: the channel stays subscribed.
+    let mut rest = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.close().await;
+        } else {
+            rest.push(c);
+        }
+    }
+    let count = || {
+        redis_cli(redis.port, &["PUBSUB", "CHANNELS", "herald:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    // Give the node time to act on the closes, then check nothing left.
+    let http = reqwest::Client::new();
+    until(Duration::from_secs(10), "half the clients gone", || async {
+        let m = http
+            .get(format!("{}/metrics", node.origin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines().any(|l| l == "herald_subscriptions 20")
+    })
+    .await;
+    assert_eq!(count(), 20, "each channel still has a local listener");
+    for c in rest {
+        c.close().await;
+    }
+    until(
+        Duration::from_secs(10),
+        "every Redis subscription released",
+        || async { count() == 0 },
+    )
+    .await;
+}
