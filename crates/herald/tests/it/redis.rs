@@ -492,6 +492,16 @@ async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_du
 /// other node from its cursor and gets every message once.
 #[tokio::test]
 async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
+    client_of_a_stopped_node_resumes_on_the_other("-KILL").await;
+}
+
+/// A rolling deploy: SIGTERM drains node A; its client resumes on node B.
+#[tokio::test]
+async fn a_client_of_a_drained_node_resumes_on_the_other_with_nothing_lost() {
+    client_of_a_stopped_node_resumes_on_the_other("-TERM").await;
+}
+
+async fn client_of_a_stopped_node_resumes_on_the_other(signal: &str) {
     let prefix = Prefix::new();
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
@@ -512,8 +522,8 @@ async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
         assert_eq!(push["offset"], want);
         cursor = push["cursor"].as_str().unwrap().to_owned();
     }
-    a.signal("-KILL");
-    a.wait_exit(Duration::from_secs(10));
+    a.signal(signal);
+    a.wait_exit(Duration::from_secs(20));
     let (mut on_b, reply) = subscriber(&b.ws_url(), "r:7", Some(&cursor)).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     publisher.await.unwrap();
