@@ -613,3 +613,31 @@ async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners(
     )
     .await;
 }
+
+/// A node starts while Redis is down (not ready, publishes 503, health
+/// 200) and becomes ready by itself when Redis comes up.
+#[tokio::test]
+async fn a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = redis_config(
+        dir.path(),
+        "a",
+        &format!("redis://127.0.0.1:{port}"),
+        "herald",
+    );
+    let node = Proc::start(dir.path(), &["--config", &config]);
+    let http = reqwest::Client::new();
+    assert_eq!(status(&http, &format!("{}/ready", node.origin)).await, 503);
+    assert_eq!(status(&http, &format!("{}/health", node.origin)).await, 200);
+    let (code, body) = publish(&http, &node.origin, "r:8", &json!(1)).await;
+    assert_eq!(code, 503, "{body}");
+    let _redis = PrivateRedis::start(dir.path(), port);
+    until(Duration::from_secs(15), "/ready is 200", || async {
+        status(&http, &format!("{}/ready", node.origin)).await == 200
+    })
+    .await;
+    let (mut sub, _) = subscriber(&node.ws_url(), "r:8", None).await;
+    publish_ok(&http, &node.origin, "r:8", &json!(2)).await;
+    assert_eq!(offsets(&mut sub, 1).await, vec![1]);
+}
