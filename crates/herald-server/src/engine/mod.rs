@@ -242,7 +242,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Appends the messages (in order) and returns one outcome per request:
     /// its publication, after it is durable (for durable engines) and handed
-    /// to the sink, or the budget that refused it.
+    /// to the sink, or the budget that refused it. The redis engine hands it
+    /// to the sinks of every node through Redis pub/sub, so its own sink may
+    /// get it a moment after this returns (the history has it already).
     async fn publish(&self, requests: Vec<PublishRequest>) -> Result<Vec<Outcome>, EngineError>;
 
     /// Reads a stream's position and up to `limit` messages from `from`,
