@@ -795,7 +795,6 @@ impl Node {
         since: &PollSince,
         limit: usize,
     ) -> Result<PollPage, EngineError> {
-        self.listening(stream).await?;
         let (page, recovered) = match since {
             PollSince::Oldest => (self.page(stream, HistoryFrom::Oldest, limit).await?, true),
             PollSince::Time(t) => {
@@ -838,8 +837,9 @@ impl Node {
     }
 
     /// Waits until the engine brings `stream`'s publications to the hub (a
-    /// no-op unless someone here watches it through a remote fan-out).
-    async fn listening(&self, stream: &str) -> Result<(), EngineError> {
+    /// no-op unless someone here watches it through a remote fan-out). A
+    /// listener registered in the hub calls this before reading history.
+    pub(crate) async fn listening(&self, stream: &str) -> Result<(), EngineError> {
         self.engine.listening(stream).await.inspect_err(|_| {
             self.metrics.engine_errors.inc();
         })
