@@ -910,6 +910,9 @@ impl Node {
         self.metrics.history_bytes.set(gauge(usage.history_bytes));
         self.metrics.store_bytes.set(gauge(usage.store_bytes));
         self.metrics
+            .remote_subscriptions
+            .set(gauge(usage.remote_subscriptions));
+        self.metrics
             .connections
             .set(self.connections.load(Ordering::Relaxed) as i64);
         self.metrics

@@ -173,6 +173,9 @@ pub struct Usage {
     pub history_bytes: u64,
     /// Bytes of the store's files on disk (0 for the memory engine).
     pub store_bytes: u64,
+    /// Streams this node subscribes to on another server (Redis pub/sub
+    /// channels); 0 for in-process engines.
+    pub remote_subscriptions: u64,
 }
 
 /// What one sweep removed.

@@ -603,6 +603,17 @@ async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners(
     })
     .await;
     assert_eq!(count(), 20, "each channel still has a local listener");
+    let gauge = |name: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/metrics", node.origin);
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("/metrics has no {name}"))
+        }
+    };
+    assert_eq!(gauge("herald_remote_subscriptions").await, 20);
     for c in rest {
         c.close().await;
     }
@@ -611,6 +622,10 @@ async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners(
         "every Redis subscription released",
         || async { count() == 0 },
     )
+    .await;
+    until(Duration::from_secs(10), "the gauge back to 0", || async {
+        gauge("herald_remote_subscriptions").await == 0
+    })
     .await;
 }
 

@@ -13,7 +13,7 @@
 //! stream's subscribers resume by cursor (and learn `recovered: false`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ pub(crate) struct Fanout {
     dirty: Mutex<HashSet<Arc<str>>>,
     changed: Notify,
     connected: AtomicBool,
+    /// Redis channels subscribed on the current connection (the gauge).
+    subscribed: AtomicU64,
     stop: CancellationToken,
     naming: Naming,
     conn: ConnectionManager,
@@ -111,6 +113,7 @@ impl Fanout {
             dirty: Mutex::new(HashSet::new()),
             changed: Notify::new(),
             connected: AtomicBool::new(false),
+            subscribed: AtomicU64::new(0),
             stop: CancellationToken::new(),
             naming,
             conn,
@@ -128,6 +131,11 @@ impl Fanout {
     /// The streams watched now.
     pub(super) fn watched(&self) -> Vec<Arc<str>> {
         self.watches.lock().keys().cloned().collect()
+    }
+
+    /// Redis channels this node subscribes to now.
+    pub(super) fn subscriptions(&self) -> u64 {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     pub(super) fn connected(&self) -> bool {
@@ -169,6 +177,7 @@ impl Fanout {
                 self.dirty.lock().extend(all);
                 let _ = self.serve(&mut sink, &mut stream).await;
                 self.connected.store(false, Ordering::Release);
+                self.subscribed.store(0, Ordering::Relaxed);
                 for w in self.watches.lock().values() {
                     w.ready.send_replace(false);
                 }
@@ -249,6 +258,8 @@ impl Fanout {
                 subscribed.remove(s);
             }
         }
+        self.subscribed
+            .store(subscribed.len() as u64, Ordering::Relaxed);
         for (i, s) in catch_up.iter().enumerate() {
             if self.catch_up(s).await.is_err() {
                 requeue(&catch_up[i..]);

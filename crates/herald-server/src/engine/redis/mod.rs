@@ -406,9 +406,13 @@ impl Engine for RedisEngine {
         SweepReport::default()
     }
 
-    /// What this node knows without asking Redis: nothing is stored here.
+    /// What this node knows without asking Redis: nothing is stored here,
+    /// so only its pub/sub subscriptions.
     fn usage(&self) -> Usage {
-        Usage::default()
+        Usage {
+            remote_subscriptions: self.fanout.subscriptions(),
+            ..Usage::default()
+        }
     }
 
     async fn close(&self) {
