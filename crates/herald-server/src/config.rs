@@ -68,7 +68,7 @@ pub enum EngineKind {
     Embedded,
     /// Single node, nothing kept across restarts.
     Memory,
-    /// Several nodes sharing one Redis (not built yet).
+    /// Several nodes sharing one Redis (`engine.redis_url`).
     Redis,
 }
 
@@ -286,8 +286,14 @@ pub struct EngineConfig {
     pub kind: EngineKind,
     /// Directory of the embedded store (and of dev mode's `dev.env`).
     pub path: PathBuf,
-    /// Redis URL for the redis engine.
+    /// Redis URL for the redis engine:
+    /// `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (not supported yet: refused).
+    pub redis_cluster: Vec<String>,
+    /// Prefix of every Redis key and pub/sub channel, so several Herald
+    /// deployments (or tests) can share one Redis.
+    pub redis_prefix: String,
     /// Durability of the embedded store.
     pub sync: SyncMode,
     /// How often expired messages and empty streams are removed.
@@ -436,12 +442,75 @@ impl Default for HeartbeatConfig {
     }
 }
 
+impl EngineConfig {
+    /// The redis engine's settings: a parseable `redis://` or `rediss://`
+    /// URL, no cluster (yet), and a prefix that cannot break key hash tags.
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        if !self.redis_cluster.is_empty() {
+            return Err(invalid(
+                "engine.redis_cluster",
+                "Redis Cluster is not supported yet; use engine.redis_url with one Redis",
+            ));
+        }
+        let Some(raw) = self.redis_url.as_deref() else {
+            return Err(invalid(
+                "engine.redis_url",
+                "required with engine.kind = \"redis\" (redis://[:password@]host:port[/db])",
+            ));
+        };
+        // The message never repeats the URL: it may hold a password.
+        let url = url::Url::parse(raw).map_err(|e| {
+            invalid(
+                "engine.redis_url",
+                format!("not a URL ({e}); expected redis://[:password@]host:port[/db]"),
+            )
+        })?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(invalid(
+                "engine.redis_url",
+                "the scheme must be redis:// or rediss://",
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("engine.redis_url", "has no host"));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err(invalid(
+                "engine.redis_url",
+                "the path must be a database number (/0, /1, …)",
+            ));
+        }
+        redis::Client::open(raw).map_err(|e| {
+            invalid(
+                "engine.redis_url",
+                format!("not a usable Redis URL: {}", e.category()),
+            )
+        })?;
+        let p = &self.redis_prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return Err(invalid(
+                "engine.redis_prefix",
+                "must be 1 to 64 of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             kind: EngineKind::Embedded,
             path: PathBuf::from("herald-data"),
             redis_url: None,
+            redis_cluster: Vec::new(),
+            redis_prefix: "herald".into(),
             sync: SyncMode::Full,
             sweep_interval: Duration::from_secs(30),
         }
@@ -661,10 +730,7 @@ impl Config {
             }
         }
         if self.engine.kind == EngineKind::Redis {
-            return Err(invalid(
-                "engine.kind",
-                "the redis engine is not available in this build yet; use embedded or memory",
-            ));
+            self.engine.validate_redis()?;
         }
         for (key, value) in [
             ("limits.max_channels", l.max_channels),
@@ -1142,6 +1208,53 @@ mod tests {
         }
         c.engine.redis_url = Some("redis://cache:6379".into());
         assert!(c.to_masked_toml().contains("redis://cache:6379"));
+    }
+
+    #[test]
+    fn redis_engine_settings_are_checked_and_masked() {
+        let load = |text: &str| {
+            Config::load(
+                Some(file(text).path()),
+                &env(&[]),
+                &FlagOverrides::default(),
+            )
+        };
+        let c = load(
+            "[engine]\nkind = \"redis\"\nredis_url = \"redis://:s3cr3t-pw@127.0.0.1:6379/2\"\n",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.engine.kind, EngineKind::Redis);
+        assert_eq!(c.engine.redis_prefix, "herald", "the default prefix");
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("s3cr3t-pw") && masked.contains("127.0.0.1:6379/2"),
+            "{masked}"
+        );
+        let c = load("[engine]\nkind = \"redis\"\nredis_url = \"rediss://cache:6380\"\nredis_prefix = \"app1:herald\"\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.engine.redis_prefix, "app1:herald");
+        for (text, key, says) in [
+            ("[engine]\nkind = \"redis\"\n", "engine.redis_url", "required"),
+            ("[engine]\nkind = \"redis\"\nredis_url = \"http://h:1\"\n", "engine.redis_url", "scheme"),
+            ("[engine]\nkind = \"redis\"\nredis_url = \"redis://:pw-in-msg@h:1/x\"\n", "engine.redis_url", "database"),
+            ("[engine]\nkind = \"redis\"\nredis_url = \"redis://h:1\"\nredis_prefix = \"a{b}\"\n", "engine.redis_prefix", "A-Z"),
+            ("[engine]\nkind = \"redis\"\nredis_url = \"redis://h:1\"\nredis_cluster = [\"redis://h1:1\"]\n", "engine.redis_cluster", "not supported yet"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text:?} gave {err}");
+            assert!(!err.contains("pw-in-msg"), "an error never repeats the URL: {err}");
+        }
+        let e = env(&[
+            ("HERALD_ENGINE_KIND", "redis"),
+            ("HERALD_ENGINE_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("HERALD_ENGINE_REDIS_PREFIX", "envprefix"),
+        ]);
+        let c = Config::load(None, &e, &FlagOverrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.engine.redis_prefix, "envprefix");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use herald_protocol::{encode_message_frame, encode_notification_frame, CloseCode};
@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, Notify};
 use tungstenite::Utf8Bytes;
 
-use crate::engine::{FanoutSink, Publication};
+use crate::engine::{FanoutSink, Publication, StreamWatcher};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
@@ -230,6 +230,12 @@ struct Shard {
     waiters: HashMap<Arc<str>, Vec<oneshot::Sender<()>>>,
 }
 
+impl Shard {
+    fn watched(&self, stream: &str) -> bool {
+        self.streams.contains_key(stream) || self.waiters.contains_key(stream)
+    }
+}
+
 /// Local subscribers by stream, sharded by stream key.
 pub struct Hub {
     shards: Vec<RwLock<Shard>>,
@@ -239,6 +245,8 @@ pub struct Hub {
     users: AtomicUsize,
     subscriptions: AtomicUsize,
     waiting: AtomicUsize,
+    /// Told when a stream gains its first listener and loses its last.
+    watcher: OnceLock<Weak<dyn StreamWatcher>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -260,6 +268,29 @@ impl Hub {
             users: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            watcher: OnceLock::new(),
+        }
+    }
+
+    /// Sets the hook told which streams have listeners on this node (the
+    /// redis engine subscribes to exactly those). Set once, before use.
+    pub fn set_watcher(&self, watcher: Weak<dyn StreamWatcher>) {
+        let _ = self.watcher.set(watcher);
+    }
+
+    /// Called under `stream`'s shard lock after a change, with whether it
+    /// was watched before: tells the hook about a transition, in order.
+    fn watch_changed(&self, shard: &Shard, stream: &Arc<str>, was_watched: bool) {
+        let now = shard.watched(stream);
+        if now == was_watched {
+            return;
+        }
+        if let Some(w) = self.watcher.get().and_then(Weak::upgrade) {
+            if now {
+                w.watch(stream);
+            } else {
+                w.unwatch(stream);
+            }
         }
     }
 
@@ -279,17 +310,22 @@ impl Hub {
     /// publication the engine hands over for that stream.
     pub fn subscribe(&self, stream: &Arc<str>, conn: &Arc<Conn>) {
         let mut shard = self.shard(stream).write();
+        let was_watched = shard.watched(stream);
         let subs = shard.streams.entry(stream.clone()).or_default();
         if subs.is_empty() {
             self.stream_counter(stream).fetch_add(1, Ordering::Relaxed);
         }
         subs.push(conn.clone());
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.watch_changed(&shard, stream, was_watched);
     }
 
     /// Removes connection `conn_id` from `stream`.
     pub fn unsubscribe(&self, stream: &str, conn_id: u64) {
         let mut shard = self.shard(stream).write();
+        let Some(key) = shard.streams.get_key_value(stream).map(|(k, _)| k.clone()) else {
+            return;
+        };
         if let Some(subs) = shard.streams.get_mut(stream) {
             if let Some(i) = subs.iter().position(|c| c.id == conn_id) {
                 subs.swap_remove(i);
@@ -298,6 +334,7 @@ impl Hub {
             if subs.is_empty() {
                 shard.streams.remove(stream);
                 self.stream_counter(stream).fetch_sub(1, Ordering::Relaxed);
+                self.watch_changed(&shard, &key, true);
             }
         }
     }
@@ -308,13 +345,12 @@ impl Hub {
     /// the registration, so the history read that follows includes it.
     pub fn wait(&self, stream: &Arc<str>) -> Waiter<'_> {
         let (tx, rx) = oneshot::channel();
-        self.shard(stream)
-            .write()
-            .waiters
-            .entry(stream.clone())
-            .or_default()
-            .push(tx);
+        let mut shard = self.shard(stream).write();
+        let was_watched = shard.watched(stream);
+        shard.waiters.entry(stream.clone()).or_default().push(tx);
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.watch_changed(&shard, stream, was_watched);
+        drop(shard);
         Waiter {
             hub: self,
             stream: stream.clone(),
@@ -331,7 +367,9 @@ impl Hub {
             self.waiting
                 .fetch_sub(before - list.len(), Ordering::AcqRel);
             if list.is_empty() {
-                shard.waiters.remove(stream);
+                if let Some((key, _)) = shard.waiters.remove_entry(stream) {
+                    self.watch_changed(&shard, &key, true);
+                }
             }
         }
     }
@@ -359,7 +397,12 @@ impl Hub {
     fn deliver_one(&self, p: &Publication) {
         let shard_lock = self.shard(&p.stream);
         if self.waiting.load(Ordering::Acquire) > 0 {
-            let woken = shard_lock.write().waiters.remove(&p.stream);
+            let mut shard = shard_lock.write();
+            let woken = shard.waiters.remove(&p.stream);
+            if woken.is_some() {
+                self.watch_changed(&shard, &p.stream, true);
+            }
+            drop(shard);
             if let Some(woken) = woken {
                 self.waiting.fetch_sub(woken.len(), Ordering::AcqRel);
                 for w in woken {
@@ -535,5 +578,45 @@ mod tests {
         drop(other);
         assert_eq!(hub.waiter_count(), 0);
         assert!(hub.shards.iter().all(|s| s.read().waiters.is_empty()));
+    }
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl StreamWatcher for Log {
+        fn watch(&self, stream: &Arc<str>) {
+            self.0.lock().push(format!("+{stream}"));
+        }
+        fn unwatch(&self, stream: &str) {
+            self.0.lock().push(format!("-{stream}"));
+        }
+    }
+
+    /// The watcher hears the first listener arrive and the last leave,
+    /// whether subscribers or long polls, and nothing in between.
+    #[tokio::test]
+    async fn the_watcher_hears_first_and_last_listeners_only() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let log = Arc::new(Log::default());
+        let weak: Weak<dyn StreamWatcher> =
+            Arc::downgrade(&(log.clone() as Arc<dyn StreamWatcher>));
+        hub.set_watcher(weak);
+        let stream: Arc<str> = "c".into();
+        let (a, b) = (Arc::new(conn(1, 4)), Arc::new(conn(2, 4)));
+        hub.subscribe(&stream, &a);
+        hub.subscribe(&stream, &b);
+        let w = hub.wait(&stream);
+        hub.unsubscribe("c", 1);
+        hub.unsubscribe("c", 2);
+        assert_eq!(*log.0.lock(), ["+c"], "the waiter still listens");
+        drop(w);
+        assert_eq!(*log.0.lock(), ["+c", "-c"]);
+        // A long poll answered by a publication leaves too.
+        let w = hub.wait(&stream);
+        hub.deliver(&[publication("c", 1)]);
+        assert!(w.await);
+        assert_eq!(*log.0.lock(), ["+c", "-c", "+c", "-c"]);
+        hub.unsubscribe("c", 3);
+        assert_eq!(log.0.lock().len(), 4, "unknown connections change nothing");
     }
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub history_bytes: Gauge,
     /// Bytes of the store's files on disk (set at scrape time).
     pub store_bytes: Gauge,
+    /// Redis pub/sub channels subscribed (set at scrape time).
+    pub remote_subscriptions: Gauge,
     /// Messages and notifications accepted for publishing.
     pub messages_published: Counter,
     /// Frames handed to connection queues.
@@ -89,6 +91,7 @@ impl Metrics {
             streams: Gauge::default(),
             history_bytes: Gauge::default(),
             store_bytes: Gauge::default(),
+            remote_subscriptions: Gauge::default(),
             messages_published: Counter::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Counter::default(),
@@ -156,6 +159,11 @@ impl Metrics {
             "store_bytes",
             "Bytes of the embedded store's files (database and WAL)",
             m.store_bytes.clone(),
+        );
+        registry.register(
+            "remote_subscriptions",
+            "Redis pub/sub channels this node subscribes to (one per stream with a local listener)",
+            m.remote_subscriptions.clone(),
         );
         registry.register(
             "messages_published",

@@ -21,7 +21,7 @@ use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
     Budget, EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication,
-    PublishRequest, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
+    PublishRequest, RedisEngine, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
@@ -246,8 +246,19 @@ impl Node {
         };
         let (engine, embedded): (Arc<dyn Engine>, _) = match config.engine.kind {
             EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone(), budget)), None),
-            // Redis is refused by config validation until it exists.
-            EngineKind::Embedded | EngineKind::Redis => {
+            EngineKind::Redis => {
+                let url = config.engine.redis_url.as_deref().ok_or_else(|| {
+                    EngineError("engine.redis_url is required for the redis engine".into())
+                })?;
+                let e = Arc::new(RedisEngine::new(
+                    url,
+                    &config.engine.redis_prefix,
+                    hub.clone(),
+                )?);
+                hub.set_watcher(Arc::downgrade(&e.watcher()));
+                (e as Arc<dyn Engine>, None)
+            }
+            EngineKind::Embedded => {
                 let e = Arc::new(EmbeddedEngine::open(
                     &config.engine.path,
                     config.engine.sync,
@@ -746,6 +757,7 @@ impl Node {
         max_bytes: usize,
     ) -> Result<Recovery, EngineError> {
         let size = self.retention(stream).size;
+        self.listening(stream).await?;
         let Some(since) = since else {
             let page = self
                 .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0, max_bytes)
@@ -860,6 +872,15 @@ impl Node {
         })
     }
 
+    /// Waits until the engine brings `stream`'s publications to the hub (a
+    /// no-op unless someone here watches it through a remote fan-out). A
+    /// listener registered in the hub calls this before reading history.
+    pub(crate) async fn listening(&self, stream: &str) -> Result<(), EngineError> {
+        self.engine.listening(stream).await.inspect_err(|_| {
+            self.metrics.engine_errors.inc();
+        })
+    }
+
     /// A history read for a poll page, capped at `limits.max_page_bytes`.
     async fn page(
         &self,
@@ -925,6 +946,9 @@ impl Node {
         self.metrics.streams.set(gauge(usage.streams));
         self.metrics.history_bytes.set(gauge(usage.history_bytes));
         self.metrics.store_bytes.set(gauge(usage.store_bytes));
+        self.metrics
+            .remote_subscriptions
+            .set(gauge(usage.remote_subscriptions));
         self.metrics
             .connections
             .set(self.connections.load(Ordering::Relaxed) as i64);

@@ -85,6 +85,10 @@ enum Scenario {
         /// Client token for `connect` (default: dev mode's `user`).
         #[arg(long)]
         token: Option<String>,
+        /// Publish through this origin instead of `--url` (another node of
+        /// the redis engine: cross-node fan-out).
+        #[arg(long)]
+        publish_url: Option<String>,
     },
     /// Idle connected sockets, each subscribed to one channel; reports the
     /// server's memory per connection (needs --server-pid).
@@ -120,7 +124,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             rate,
             burst,
             token,
-        } => fanout(&common, subscribers, rate, burst, token).await,
+            publish_url,
+        } => {
+            let publish_url = publish_url.unwrap_or_else(|| common.url.clone());
+            fanout(&common, subscribers, rate, burst, token, &publish_url).await
+        }
         Scenario::Idle {
             common,
             connections,
@@ -291,6 +299,7 @@ async fn fanout(
     rate: u32,
     burst: usize,
     token: Option<String>,
+    publish_url: &str,
 ) -> Result<()> {
     if subscribers == 0 || subscribers > MAX_SUBSCRIBERS {
         bail!("--subscribers must be 1 to {MAX_SUBSCRIBERS}");
@@ -386,14 +395,14 @@ async fn fanout(
         tick.tick().await;
         let (url, body) = if burst == 1 {
             (
-                format!("{}/api/channels/{}/messages", common.url, common.channel),
+                format!("{publish_url}/api/channels/{}/messages", common.channel),
                 json!({"t": micros_now(), "pad": pad}),
             )
         } else {
             let t = micros_now();
             let items: Vec<_> = (0..burst).map(|_| json!({"action": "broadcast", "channel": common.channel, "data": {"t": t, "pad": pad}})).collect();
             (
-                format!("{}/api/batch", common.url),
+                format!("{publish_url}/api/batch"),
                 json!({ "items": items }),
             )
         };

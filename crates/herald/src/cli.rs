@@ -57,7 +57,7 @@ pub(crate) struct ConfigArgs {
     /// Port to listen on (keeps the host of `listen`).
     #[arg(long)]
     pub(crate) port: Option<u16>,
-    /// Engine: embedded, memory.
+    /// Engine: embedded, memory, redis (with `engine.redis_url`).
     #[arg(long, value_parser = parse_engine)]
     pub(crate) engine: Option<EngineKind>,
     /// Directory of the embedded store and dev.env.
@@ -81,7 +81,9 @@ fn parse_engine(s: &str) -> Result<EngineKind, String> {
         "embedded" => Ok(EngineKind::Embedded),
         "memory" => Ok(EngineKind::Memory),
         "redis" => Ok(EngineKind::Redis),
-        _ => Err(format!("unknown engine {s:?}: use embedded or memory")),
+        _ => Err(format!(
+            "unknown engine {s:?}: use embedded, memory or redis"
+        )),
     }
 }
 

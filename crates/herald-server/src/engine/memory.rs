@@ -283,6 +283,7 @@ impl Engine for MemoryEngine {
             streams: self.streams.load(Ordering::Relaxed),
             history_bytes: self.history_bytes.load(Ordering::Relaxed),
             store_bytes: 0,
+            remote_subscriptions: 0,
         }
     }
 

@@ -120,6 +120,9 @@ async fn long_poll(
     // The waiter leaves the hub when dropped, on every path out of here:
     // answered, timed out, or the client hung up and this future was dropped.
     let woken = node.hub.wait(stream);
+    // With a remote fan-out (Redis) the waiter hears nothing until the
+    // node's subscription is up; read only after that.
+    node.listening(stream).await?;
     let page = node.poll(stream, &params.since, params.limit).await?;
     if !page.messages.is_empty() {
         return Ok(page);

@@ -13,4 +13,5 @@ mod hostile;
 mod logs;
 mod metrics;
 mod publish;
+mod redis;
 mod ws_protocol;

@@ -442,6 +442,7 @@ impl Engine for EmbeddedEngine {
             streams: self.shared.streams.load(Ordering::Relaxed),
             history_bytes: self.shared.history_bytes.load(Ordering::Relaxed),
             store_bytes: size("") + size("-wal"),
+            remote_subscriptions: 0,
         }
     }
 

@@ -1,0 +1,424 @@
+//! The redis engine: several Herald nodes share one Redis. History, offsets
+//! and epochs live in Redis; a publish is one Lua script (next offset,
+//! append, trim, expire, idempotency key, PUBLISH), so offsets stay gap-free
+//! whichever node publishes; every node hears publications through Redis
+//! pub/sub and hands them to its hub (see [`fanout`]).
+//!
+//! Client: redis-rs (the `redis` crate). It is the maintained async client
+//! (fred has had no release since early 2025), it has a `ConnectionManager`
+//! that reconnects by itself for commands, EVALSHA with EVAL fallback
+//! (`Script`), a split pub/sub connection (subscribe from one task, read
+//! messages in another) and a cluster client for the later Cluster port.
+//!
+//! Connections per node: one multiplexed command connection (the manager)
+//! and one pub/sub connection, whatever the number of channels or clients.
+
+mod fanout;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Script, Value};
+use async_trait::async_trait;
+
+use super::*;
+use crate::ids::{random_token, unix_millis};
+
+pub(crate) use fanout::Watcher;
+
+/// How long any one Redis call may take before the engine reports failure
+/// (a publish then answers 503 rather than hang).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a stream's counters outlive its last publish beyond its history
+/// TTL. When they go the stream restarts under a new epoch, so a cursor
+/// from before gets `recovered: false`, never a silent restart at 1.
+const META_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long an epoch read from a stream nothing was published to is kept
+/// for its first publish to adopt (see `scripts::HISTORY`).
+const UNBORN_TTL: Duration = Duration::from_secs(3600);
+
+/// Where one stream lives in Redis.
+struct Keys {
+    meta: String,
+    log: String,
+    channel: String,
+}
+
+/// Names keys and channels under one prefix. The stream is the hash tag and
+/// comes last (or before a hex part that holds no `}`), so no two streams'
+/// keys can collide whatever bytes a user id holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Naming {
+    prefix: Arc<str>,
+}
+
+impl Naming {
+    fn keys(&self, stream: &str) -> Keys {
+        let p = &self.prefix;
+        Keys {
+            meta: format!("{p}:m:{{{stream}}}"),
+            log: format!("{p}:l:{{{stream}}}"),
+            channel: self.channel(stream),
+        }
+    }
+
+    fn channel(&self, stream: &str) -> String {
+        format!("{}:p:{{{stream}}}", self.prefix)
+    }
+
+    fn idempotency_key(&self, stream: &str, key: &str) -> String {
+        format!("{}:k:{{{stream}}}:{}", self.prefix, hex::encode(key))
+    }
+
+    /// The stream a pub/sub channel carries.
+    fn stream_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":p:{")?
+            .strip_suffix('}')
+    }
+}
+
+/// Several nodes sharing one Redis.
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    naming: Naming,
+    publish: Script,
+    history: Script,
+    keep: Script,
+    fanout: Arc<fanout::Fanout>,
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        // The pub/sub task holds the fan-out; it must not outlive the engine.
+        self.fanout.stop();
+    }
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.naming.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError(format!("redis: {e}"))
+}
+
+/// Runs one Redis call with the engine's deadline.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(engine_error),
+        Err(_) => Err(EngineError("redis: no answer in time".into())),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl RedisEngine {
+    /// An engine on `url` under key prefix `prefix`. Connects lazily, so a
+    /// node starts while Redis is down and becomes ready when it is up.
+    /// Call inside a Tokio runtime: the connections run as tasks.
+    pub fn new(url: &str, prefix: &str, sink: Arc<dyn FanoutSink>) -> Result<Self, EngineError> {
+        let client = ::redis::Client::open(url).map_err(engine_error)?;
+        // Few, quick retries: while Redis is down a publish should fail
+        // fast (503) rather than hold the request; the next call tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(CALL_TIMEOUT));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(engine_error)?;
+        let naming = Naming {
+            prefix: prefix.into(),
+        };
+        let history = Script::new(scripts::HISTORY);
+        let fanout =
+            fanout::Fanout::start(client, conn.clone(), naming.clone(), history.clone(), sink);
+        Ok(Self {
+            conn,
+            naming,
+            publish: Script::new(scripts::PUBLISH),
+            history,
+            keep: Script::new(scripts::KEEP),
+            fanout,
+        })
+    }
+
+    /// The hub's hook: which streams this node listens to.
+    pub(crate) fn watcher(&self) -> Arc<dyn Watcher> {
+        self.fanout.clone()
+    }
+
+    async fn publish_one(&self, req: PublishRequest) -> Result<Publication, EngineError> {
+        let (keys, args) = self.publish_args(&req, unix_millis());
+        let mut call = self.publish.prepare_invoke();
+        for k in keys {
+            call.key(k);
+        }
+        for a in args {
+            call.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let reply: (i64, u64, u64, String) = bounded(call.invoke_async(&mut conn)).await?;
+        Ok(publication(req, reply))
+    }
+
+    /// A batch as pipelines of EVALSHA (one round trip per
+    /// [`PIPELINE_CHUNK`] messages rather than per message). The script is
+    /// loaded first, so EVALSHA finds it; a Redis that restarted in between
+    /// breaks the connection, which fails the call before anything of the
+    /// chunk ran.
+    async fn publish_pipelined(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let mut conn = self.conn.clone();
+        bounded(self.publish.load_async(&mut conn)).await?;
+        let mut out = Vec::with_capacity(requests.len());
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let chunk: Vec<PublishRequest> = requests.by_ref().take(PIPELINE_CHUNK).collect();
+            let now = unix_millis();
+            let mut pipe = ::redis::pipe();
+            for req in &chunk {
+                let (keys, args) = self.publish_args(req, now);
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.publish.get_hash())
+                    .arg(keys.len());
+                for k in keys {
+                    cmd.arg(k);
+                }
+                for a in args {
+                    cmd.arg(a);
+                }
+            }
+            let replies: Vec<(i64, u64, u64, String)> =
+                bounded(pipe.query_async(&mut conn)).await?;
+            if replies.len() != chunk.len() {
+                return Err(EngineError("redis: short pipeline reply".into()));
+            }
+            out.extend(
+                chunk
+                    .into_iter()
+                    .zip(replies)
+                    .map(|(req, reply)| Ok(publication(req, reply))),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The keys and arguments of the `PUBLISH` script for `req`.
+    fn publish_args(&self, req: &PublishRequest, now: u64) -> (Vec<String>, Vec<Vec<u8>>) {
+        let names = self.naming.keys(&req.stream);
+        let ttl = millis(req.retention.ttl).max(1);
+        let mut keys = vec![names.meta, names.log];
+        let key_ttl = match &req.key {
+            Some(k) => {
+                keys.push(self.naming.idempotency_key(&req.stream, &k.key));
+                k.expire_at.saturating_sub(now).max(1)
+            }
+            None => 1,
+        };
+        let number = |n: u64| n.to_string().into_bytes();
+        let args = vec![
+            req.data.as_bytes().to_vec(),
+            number(req.retention.size.max(1) as u64),
+            number(ttl),
+            number(now),
+            random_token(8).into_bytes(),
+            names.channel.into_bytes(),
+            number(key_ttl),
+            number(ttl.saturating_add(millis(META_GRACE))),
+        ];
+        (keys, args)
+    }
+}
+
+/// Messages per pipeline of a batch publish.
+const PIPELINE_CHUNK: usize = 100;
+
+fn publication(
+    req: PublishRequest,
+    (_, offset, ts, epoch): (i64, u64, u64, String),
+) -> Publication {
+    Publication {
+        stream: req.stream,
+        epoch: epoch.into(),
+        offset,
+        ts,
+        data: req.data,
+    }
+}
+
+/// Reads a history page through the `HISTORY` script (also used by the
+/// fan-out to fill gaps).
+async fn read_history(
+    conn: &ConnectionManager,
+    script: &Script,
+    naming: &Naming,
+    stream: &str,
+    from: HistoryFrom,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<HistoryPage, EngineError> {
+    let keys = naming.keys(stream);
+    let (mode, value) = match from {
+        HistoryFrom::Oldest => ("a", 0),
+        HistoryFrom::AfterOffset(o) => ("o", o),
+        HistoryFrom::AfterTime(t) => ("t", t),
+    };
+    let mut call = script.prepare_invoke();
+    call.key(&keys.meta)
+        .key(&keys.log)
+        .arg(mode)
+        .arg(value)
+        .arg(limit.min(u32::MAX as usize))
+        // Lua numbers are doubles: past 2^53 a cap means "no cap" anyway.
+        .arg(max_bytes.min(1 << 53))
+        .arg(unix_millis())
+        .arg(random_token(8))
+        .arg(millis(UNBORN_TTL));
+    let mut conn = conn.clone();
+    let reply: Vec<Value> = bounded(call.invoke_async(&mut conn)).await?;
+    parse_page(reply)
+}
+
+fn parse_page(reply: Vec<Value>) -> Result<HistoryPage, EngineError> {
+    let bad = || EngineError("redis: malformed history reply".into());
+    let mut it = reply.into_iter();
+    let mut next = || it.next().ok_or_else(bad);
+    let epoch: String = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let top: u64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let first_kept: u64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let first_ts: i64 = ::redis::from_redis_value(next()?).map_err(engine_error)?;
+    let mut messages = Vec::new();
+    for v in it {
+        let entry: String = ::redis::from_redis_value(v).map_err(engine_error)?;
+        messages.push(parse_entry(&entry).ok_or_else(bad)?);
+    }
+    Ok(HistoryPage {
+        epoch: epoch.into(),
+        top,
+        first_kept,
+        first_kept_ts: u64::try_from(first_ts).ok(),
+        messages,
+    })
+}
+
+/// `"<offset> <ts> <expire_at> <data>"`.
+fn parse_entry(entry: &str) -> Option<StoredMessage> {
+    let mut parts = entry.splitn(4, ' ');
+    let offset = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let _expire_at = parts.next()?;
+    Some(StoredMessage {
+        offset,
+        ts,
+        data: parts.next()?.into(),
+    })
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    /// One script call per message, in order (a batch pipelined): each is
+    /// atomic on its own, and a batch's messages to one stream get
+    /// increasing offsets, consecutive unless another node publishes in
+    /// between (a batch is not a transaction in any engine). A failure
+    /// part-way fails the call; messages before it may be published (a
+    /// retry with idempotency keys answers them).
+    async fn publish(
+        &self,
+        mut requests: Vec<PublishRequest>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        if requests.len() == 1 {
+            if let Some(req) = requests.pop() {
+                return Ok(vec![Ok(self.publish_one(req).await?)]);
+            }
+        }
+        self.publish_pipelined(requests).await
+    }
+
+    async fn history(
+        &self,
+        stream: &str,
+        from: HistoryFrom,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        read_history(
+            &self.conn,
+            &self.history,
+            &self.naming,
+            stream,
+            from,
+            limit,
+            max_bytes,
+        )
+        .await
+    }
+
+    async fn listening(&self, stream: &str) -> Result<(), EngineError> {
+        self.fanout.listening(stream).await
+    }
+
+    async fn ready(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let ping = bounded(::redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        ping.is_ok() && self.fanout.connected()
+    }
+
+    /// Redis expires history by itself (key TTLs and the scripts' front
+    /// trimming), so nothing is deleted here. What a sweep does is keep the
+    /// counters of every stream this node watches from expiring (for at
+    /// least [`UNBORN_TTL`] more): a watched stream is never removed, so
+    /// its subscribers' offsets stay meaningful however quiet it is.
+    async fn sweep(&self) -> SweepReport {
+        let watched = self.fanout.watched();
+        let mut conn = self.conn.clone();
+        for stream in watched {
+            let mut call = self.keep.prepare_invoke();
+            call.key(self.naming.keys(&stream).meta)
+                .arg(millis(UNBORN_TTL));
+            if let Err(e) = bounded(call.invoke_async::<i64>(&mut conn)).await {
+                tracing::warn!(error = %e, "cannot keep watched streams alive now");
+                break;
+            }
+        }
+        SweepReport::default()
+    }
+
+    /// What this node knows without asking Redis: nothing is stored here,
+    /// so only its pub/sub subscriptions.
+    fn usage(&self) -> Usage {
+        Usage {
+            remote_subscriptions: self.fanout.subscriptions(),
+            ..Usage::default()
+        }
+    }
+
+    async fn close(&self) {
+        self.fanout.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;

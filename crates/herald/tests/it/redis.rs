@@ -1,0 +1,658 @@
+//! Two `herald` processes sharing one Redis (the redis engine): fan-out
+//! across nodes, gap-free offsets, resume and polling through either node,
+//! and a Redis that goes away and comes back.
+//!
+//! The shared tests use the Redis on 127.0.0.1:6379 under a random key
+//! prefix (deleted afterwards); the failure test runs a private
+//! `redis-server` on a free port.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_client::Client;
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A random key prefix whose keys are deleted when dropped.
+struct Prefix(String);
+
+impl Prefix {
+    fn new() -> Self {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Self(format!("herald-it-{}-{n}", std::process::id()))
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let keys = Command::new("redis-cli")
+            .args(["-p", "6379", "--scan", "--pattern"])
+            .arg(format!("{}:*", self.0))
+            .output();
+        if let Ok(out) = keys {
+            let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            for chunk in keys.chunks(200) {
+                let _ = Command::new("redis-cli")
+                    .args(["-p", "6379", "DEL"])
+                    .args(chunk)
+                    .stdout(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// A config for a node of the redis engine.
+fn redis_config(dir: &Path, name: &str, url: &str, prefix: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n[[namespaces]]\nname = \"r\"\nsubscribe = \"public\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn two_nodes(dir: &Path, url: &str, prefix: &str) -> (Proc, Proc) {
+    let a = redis_config(dir, "a", url, prefix);
+    let b = redis_config(dir, "b", url, prefix);
+    (
+        Proc::start(dir, &["--config", &a]),
+        Proc::start(dir, &["--config", &b]),
+    )
+}
+
+/// Publishes `data` to `channel` through `origin`; returns the status and body.
+async fn publish(
+    http: &reqwest::Client,
+    origin: &str,
+    channel: &str,
+    data: &Value,
+) -> (u16, Value) {
+    let r = http
+        .post(format!("{origin}/api/channels/{channel}/messages"))
+        .bearer_auth(API_KEY)
+        .json(data)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn publish_ok(http: &reqwest::Client, origin: &str, channel: &str, data: &Value) -> Value {
+    let (status, body) = publish(http, origin, channel, data).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A subscriber to `channel` on the node at `ws`, resuming from `since`.
+async fn subscriber(ws: &str, channel: &str, since: Option<&str>) -> (Client, Value) {
+    let mut c = Client::open(ws).await.unwrap();
+    let connected = c.connect(None).await.unwrap();
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let reply = c.subscribe(channel, since).await.unwrap();
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    (c, reply)
+}
+
+/// The offsets of the next `n` pushes.
+async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let push = c.next_push().await.unwrap();
+        out.push(push["offset"].as_u64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_publish_on_either_node_reaches_subscribers_on_both_once_with_gap_free_offsets() {
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    let (mut on_a, _) = subscriber(&a.ws_url(), "r:1", None).await;
+    let (mut on_b, _) = subscriber(&b.ws_url(), "r:1", None).await;
+    // Alternating nodes.
+    for i in 0..20u64 {
+        let origin = if i % 2 == 0 { &a.origin } else { &b.origin };
+        let body = publish_ok(&http, origin, "r:1", &json!({ "i": i })).await;
+        assert_eq!(body["offset"], i + 1, "{body}");
+    }
+    // Concurrent on both nodes.
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let http = http.clone();
+        let origin = if t % 2 == 0 {
+            a.origin.clone()
+        } else {
+            b.origin.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..15u64 {
+                let body = publish_ok(&http, &origin, "r:1", &json!({ "t": t, "i": i })).await;
+                got.push(body["offset"].as_u64().unwrap());
+            }
+            got
+        }));
+    }
+    let mut answered = Vec::new();
+    for t in tasks {
+        answered.extend(t.await.unwrap());
+    }
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        (21..=140).collect::<Vec<u64>>(),
+        "gap-free, no offset twice"
+    );
+    let expected: Vec<u64> = (1..=140).collect();
+    assert_eq!(
+        offsets(&mut on_a, 140).await,
+        expected,
+        "node A's subscriber"
+    );
+    assert_eq!(
+        offsets(&mut on_b, 140).await,
+        expected,
+        "node B's subscriber"
+    );
+    // Once: the next push after a marker is the marker, nothing repeated.
+    publish_ok(&http, &b.origin, "r:1", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_a, 1).await, vec![141]);
+    assert_eq!(offsets(&mut on_b, 1).await, vec![141]);
+}
+
+#[tokio::test]
+async fn resume_on_the_other_node_while_publishes_continue_has_no_gap_and_no_duplicate() {
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    let (mut on_a, _) = subscriber(&a.ws_url(), "r:2", None).await;
+    for i in 0..10 {
+        publish_ok(&http, &a.origin, "r:2", &json!({ "i": i })).await;
+    }
+    let mut cursor = String::new();
+    for want in 1..=6u64 {
+        let push = on_a.next_push().await.unwrap();
+        assert_eq!(push["offset"], want);
+        cursor = push["cursor"].as_str().unwrap().to_owned();
+    }
+    drop(on_a);
+    // Publishes continue on node A while the client resumes on node B.
+    let publisher = {
+        let http = http.clone();
+        let origin = a.origin.clone();
+        tokio::spawn(async move {
+            for i in 10..60 {
+                publish_ok(&http, &origin, "r:2", &json!({ "i": i })).await;
+            }
+        })
+    };
+    let (mut on_b, reply) = subscriber(&b.ws_url(), "r:2", Some(&cursor)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publisher.await.unwrap();
+    let got = offsets(&mut on_b, 54).await;
+    assert_eq!(
+        got,
+        (7..=60).collect::<Vec<u64>>(),
+        "exactly the missed, then live"
+    );
+    publish_ok(&http, &a.origin, "r:2", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![61], "nothing twice");
+}
+
+#[tokio::test]
+async fn polling_and_long_polling_work_through_the_other_node() {
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    for i in 0..5 {
+        publish_ok(&http, &a.origin, "r:3", &json!({ "i": i })).await;
+    }
+    let page: Value = http
+        .get(format!("{}/api/channels/r:3/messages", b.origin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3, 4, 5], "{page}");
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    // A long poll on B is answered by a publish on A, whichever comes first.
+    let poll = {
+        let http = http.clone();
+        let url = format!(
+            "{}/api/channels/r:3/messages?since={cursor}&wait=20",
+            b.origin
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            (page, started.elapsed())
+        })
+    };
+    publish_ok(&http, &a.origin, "r:3", &json!("six")).await;
+    let (page, took) = poll.await.unwrap();
+    assert_eq!(page["messages"][0]["offset"], 6, "{page}");
+    assert_eq!(page["recovered"], true, "{page}");
+    assert!(
+        took < Duration::from_secs(15),
+        "answered by the publish, not the timeout"
+    );
+}
+
+/// A private `redis-server` on a free loopback port; killed when dropped.
+struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    fn start(dir: &Path, port: u16) -> Self {
+        let mut r = Self {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (is it installed?)");
+        self.child = Some(child);
+        // Bounded wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `probe` every 50 ms until it holds, at most `within`.
+async fn until<F, Fut>(within: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if probe().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(http: &reqwest::Client, url: &str) -> u16 {
+    match http.get(url).timeout(Duration::from_secs(10)).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn while_redis_is_down_publishes_and_ready_are_503_and_the_node_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path(), free_port());
+    let (a, b) = two_nodes(dir.path(), &redis.url(), "herald");
+    let http = reqwest::Client::new();
+    let (mut on_b, _) = subscriber(&b.ws_url(), "r:4", None).await;
+    publish_ok(&http, &a.origin, "r:4", &json!(1)).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![1]);
+    assert_eq!(status(&http, &format!("{}/ready", a.origin)).await, 200);
+
+    redis.stop();
+    let (code, body) = publish(&http, &a.origin, "r:4", &json!(2)).await;
+    assert_eq!(code, 503, "{body}");
+    for node in [&a, &b] {
+        until(Duration::from_secs(10), "/ready is 503", || async {
+            status(&http, &format!("{}/ready", node.origin)).await == 503
+        })
+        .await;
+        assert_eq!(status(&http, &format!("{}/health", node.origin)).await, 200);
+    }
+    // The client's connection stays open through the outage.
+    let pong = on_b.request(json!({"type": "ping"})).await;
+    assert!(pong.is_ok(), "the WebSocket stays open: {pong:?}");
+
+    // Redis comes back (empty: no persistence) on the same port.
+    redis.spawn();
+    until(Duration::from_secs(15), "/ready is 200 again", || async {
+        status(&http, &format!("{}/ready", a.origin)).await == 200
+            && status(&http, &format!("{}/ready", b.origin)).await == 200
+    })
+    .await;
+    // History was lost with Redis, so the stream restarts under a new epoch;
+    // B's subscriber must either receive the new message or be told to
+    // resume (closed with 4003), never sit on a silent gap.
+    let body = publish_ok(&http, &a.origin, "r:4", &json!(3)).await;
+    let cursor = body["cursor"].as_str().unwrap().to_owned();
+    match on_b.next_frame().await {
+        Ok(push) if push["type"] == "message" => assert_eq!(push["cursor"], cursor.as_str()),
+        other => {
+            let closed = matches!(other, Err(herald_client::Error::Closed { .. }))
+                || other.as_ref().is_ok_and(|f| f["type"] == "disconnect");
+            assert!(closed, "{other:?}");
+            let (mut again, reply) = subscriber(&b.ws_url(), "r:4", None).await;
+            assert_eq!(reply["cursor"], cursor.as_str(), "{reply}");
+            publish_ok(&http, &a.origin, "r:4", &json!(4)).await;
+            assert_eq!(offsets(&mut again, 1).await, vec![2]);
+        }
+    }
+    // A fresh subscriber on B hears publishes on A again.
+    let (mut fresh, _) = subscriber(&b.ws_url(), "r:5", None).await;
+    let body = publish_ok(&http, &a.origin, "r:5", &json!("back")).await;
+    assert_eq!(
+        offsets(&mut fresh, 1).await,
+        vec![body["offset"].as_u64().unwrap()]
+    );
+}
+
+/// Redis drops the nodes' pub/sub connections (as it does to a subscriber
+/// past its output buffer limit) while publishes go on: each node notices,
+/// re-subscribes and re-reads history from the last offset it delivered, so
+/// the subscriber gets every message once, in order.
+#[tokio::test]
+async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let (a, b) = two_nodes(dir.path(), &redis.url(), "herald");
+    let http = reqwest::Client::new();
+    let (mut on_b, _) = subscriber(&b.ws_url(), "r:6", None).await;
+    // A user's inbox on node B hears notifications sent through node A.
+    let mut user = Client::open(&b.ws_url()).await.unwrap();
+    let claims = herald_server::auth::Claims {
+        sub: "u9".into(),
+        exp: Some(herald_server::auth::unix_now() + 3600),
+        iat: None,
+        role: None,
+        channels: None,
+    };
+    let token = herald_server::auth::sign_hs256(SECRET, &claims).unwrap();
+    let connected = user.connect(Some(&token)).await.unwrap();
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let publisher = {
+        let http = http.clone();
+        let origin = a.origin.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                publish_ok(&http, &origin, "r:6", &json!({ "i": i })).await;
+                let r = http
+                    .post(format!("{origin}/api/users/u9/notifications"))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({ "n": i }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    assert_eq!(offsets(&mut on_b, 20).await, (1..=20).collect::<Vec<u64>>());
+    let mut killed = Vec::new();
+    for _ in 0..3 {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "CLIENT",
+                "KILL",
+                "TYPE",
+                "pubsub",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        killed.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        // Spacing only: the assertions below wait for what they need.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Node B's (node A subscribes to nothing, so Redis does not count its
+    // connection as pub/sub).
+    assert_eq!(killed[0], "1", "node B's pub/sub connection was dropped");
+    publisher.await.unwrap();
+    assert_eq!(
+        offsets(&mut on_b, 180).await,
+        (21..=200).collect::<Vec<u64>>(),
+        "every message once, in order, across the reconnects"
+    );
+    assert_eq!(
+        offsets(&mut user, 200).await,
+        (1..=200).collect::<Vec<u64>>()
+    );
+    publish_ok(&http, &a.origin, "r:6", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![201], "nothing twice");
+    assert!(
+        b.stderr().contains("redis pub/sub connection lost"),
+        "node B saw its connection drop: {}",
+        b.stderr()
+    );
+}
+
+/// A node killed with `kill -9` mid-stream: its client resumes on the
+/// other node from its cursor and gets every message once.
+#[tokio::test]
+async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
+    client_of_a_stopped_node_resumes_on_the_other("-KILL").await;
+}
+
+/// A rolling deploy: SIGTERM drains node A; its client resumes on node B.
+#[tokio::test]
+async fn a_client_of_a_drained_node_resumes_on_the_other_with_nothing_lost() {
+    client_of_a_stopped_node_resumes_on_the_other("-TERM").await;
+}
+
+async fn client_of_a_stopped_node_resumes_on_the_other(signal: &str) {
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    let (mut on_a, _) = subscriber(&a.ws_url(), "r:7", None).await;
+    let publisher = {
+        let http = http.clone();
+        let origin = b.origin.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                publish_ok(&http, &origin, "r:7", &json!({ "i": i })).await;
+            }
+        })
+    };
+    let mut cursor = String::new();
+    for want in 1..=30u64 {
+        let push = on_a.next_push().await.unwrap();
+        assert_eq!(push["offset"], want);
+        cursor = push["cursor"].as_str().unwrap().to_owned();
+    }
+    a.signal(signal);
+    a.wait_exit(Duration::from_secs(20));
+    let (mut on_b, reply) = subscriber(&b.ws_url(), "r:7", Some(&cursor)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publisher.await.unwrap();
+    assert_eq!(
+        offsets(&mut on_b, 70).await,
+        (31..=100).collect::<Vec<u64>>()
+    );
+    publish_ok(&http, &b.origin, "r:7", &json!("marker")).await;
+    assert_eq!(offsets(&mut on_b, 1).await, vec![101], "nothing twice");
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A node holds two Redis connections however many clients and channels it
+/// serves; a channel's Redis subscription is shared by its local listeners
+/// and released when the last one leaves.
+#[tokio::test]
+async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let config = redis_config(dir.path(), "a", &redis.url(), "herald");
+    let node = Proc::start(dir.path(), &["--config", &config]);
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        // Two clients per channel: one Redis subscription each channel.
+        let channel = format!("r:c{}", i / 2);
+        let (c, _) = subscriber(&node.ws_url(), &channel, None).await;
+        clients.push(c);
+    }
+    let channels = redis_cli(redis.port, &["PUBSUB", "CHANNELS", "herald:*"]);
+    assert_eq!(
+        channels.lines().filter(|l| !l.is_empty()).count(),
+        20,
+        "{channels}"
+    );
+    let list = redis_cli(redis.port, &["CLIENT", "LIST"]);
+    // Every connection but redis-cli's own is the node's.
+    let node_conns = list.lines().filter(|l| !l.contains("cmd=client")).count();
+    assert_eq!(
+        node_conns, 2,
+        "one command and one pub/sub connection:\n{list}"
+    );
+    // The first of each pair leaves: the channel stays subscribed.
+    let mut rest = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.close().await;
+        } else {
+            rest.push(c);
+        }
+    }
+    let count = || {
+        redis_cli(redis.port, &["PUBSUB", "CHANNELS", "herald:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    // Give the node time to act on the closes, then check nothing left.
+    let http = reqwest::Client::new();
+    until(Duration::from_secs(10), "half the clients gone", || async {
+        let m = http
+            .get(format!("{}/metrics", node.origin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines().any(|l| l == "herald_subscriptions 20")
+    })
+    .await;
+    assert_eq!(count(), 20, "each channel still has a local listener");
+    let gauge = |name: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/metrics", node.origin);
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("/metrics has no {name}"))
+        }
+    };
+    assert_eq!(gauge("herald_remote_subscriptions").await, 20);
+    for c in rest {
+        c.close().await;
+    }
+    until(
+        Duration::from_secs(10),
+        "every Redis subscription released",
+        || async { count() == 0 },
+    )
+    .await;
+    until(Duration::from_secs(10), "the gauge back to 0", || async {
+        gauge("herald_remote_subscriptions").await == 0
+    })
+    .await;
+}
+
+/// A node starts while Redis is down (not ready, publishes 503, health
+/// 200) and becomes ready by itself when Redis comes up.
+#[tokio::test]
+async fn a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = redis_config(
+        dir.path(),
+        "a",
+        &format!("redis://127.0.0.1:{port}"),
+        "herald",
+    );
+    let node = Proc::start(dir.path(), &["--config", &config]);
+    let http = reqwest::Client::new();
+    assert_eq!(status(&http, &format!("{}/ready", node.origin)).await, 503);
+    assert_eq!(status(&http, &format!("{}/health", node.origin)).await, 200);
+    let (code, body) = publish(&http, &node.origin, "r:8", &json!(1)).await;
+    assert_eq!(code, 503, "{body}");
+    let _redis = PrivateRedis::start(dir.path(), port);
+    until(Duration::from_secs(15), "/ready is 200", || async {
+        status(&http, &format!("{}/ready", node.origin)).await == 200
+    })
+    .await;
+    let (mut sub, _) = subscriber(&node.ws_url(), "r:8", None).await;
+    publish_ok(&http, &node.origin, "r:8", &json!(2)).await;
+    assert_eq!(offsets(&mut sub, 1).await, vec![1]);
+}
