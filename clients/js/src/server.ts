@@ -71,6 +71,13 @@ export interface ServerStats {
   messages_in: number
   messages_out: number
   engine: string
+  /** Several nodes on one engine (Redis): the whole cluster, from the nodes' own reports. */
+  cluster?: {
+    nodes: number
+    connections: number
+    subscriptions: number
+    members: { node: string; connections: number; users: number; subscriptions: number; uptime_s: number }[]
+  }
   [key: string]: unknown
 }
 

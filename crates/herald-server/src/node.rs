@@ -928,6 +928,26 @@ impl Node {
         }
     }
 
+    /// Tells the other nodes on the engine that this one is alive.
+    pub async fn announce(&self) {
+        let s = self.stats();
+        let report = crate::engine::NodeReport {
+            node: s.node,
+            connections: s.connections as u64,
+            users: s.users as u64,
+            subscriptions: s.subscriptions as u64,
+            uptime_s: s.uptime_s,
+        };
+        if let Err(e) = self.engine.announce(&report).await {
+            tracing::debug!(error = %e, "cannot announce this node");
+        }
+    }
+
+    /// The nodes alive on this engine; `None` for single-node engines.
+    pub async fn cluster(&self) -> Result<Option<Vec<crate::engine::NodeReport>>, EngineError> {
+        self.engine.nodes().await
+    }
+
     /// Long polls being held right now.
     pub fn long_polls_held(&self) -> usize {
         self.config.limits.max_long_poll_waiters - self.long_polls.available_permits()

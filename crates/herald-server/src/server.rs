@@ -142,6 +142,7 @@ impl Server {
             ..
         } = self;
         let sweeper = spawn_sweeper(&node);
+        let announcer = spawn_announcer(&node);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -203,6 +204,7 @@ impl Server {
             );
         }
         sweeper.abort();
+        announcer.abort();
         node.close_engine().await;
         tracing::info!("herald stopped");
         Ok(())
@@ -404,6 +406,20 @@ where
         extensions.insert(self.slot.clone());
         self.app.call(request)
     }
+}
+
+/// Announces this node to the others on the engine, at once and then every
+/// [`crate::engine::ANNOUNCE_EVERY`] (a no-op on single-node engines).
+fn spawn_announcer(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::engine::ANNOUNCE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            node.announce().await;
+        }
+    })
 }
 
 fn spawn_sweeper(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {

@@ -281,8 +281,42 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// What the engine keeps now.
     fn usage(&self) -> Usage;
 
+    /// Tells the other nodes sharing this engine that this one is alive, and
+    /// how busy it is. Called every [`ANNOUNCE_EVERY`]; single-node engines
+    /// have no one to tell.
+    async fn announce(&self, _node: &NodeReport) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The nodes alive on this engine (announced within [`NODE_ALIVE_FOR`]),
+    /// this one included; `None` for single-node engines.
+    async fn nodes(&self) -> Result<Option<Vec<NodeReport>>, EngineError> {
+        Ok(None)
+    }
+
     /// Finishes pending writes and releases the store.
     async fn close(&self);
+}
+
+/// How often a node announces itself to the others ([`Engine::announce`]).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// How long a node counts as alive after its last announcement: a node that
+/// was killed leaves the cluster view this long after its last word.
+pub const NODE_ALIVE_FOR: Duration = Duration::from_secs(10);
+
+/// One node as the cluster sees it (`GET /api/websocket`'s `cluster.nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    /// The node's id.
+    pub node: String,
+    /// Open WebSocket sessions on it.
+    pub connections: u64,
+    /// Users with a live connection on it.
+    pub users: u64,
+    /// Channel subscriptions on it.
+    pub subscriptions: u64,
+    /// Seconds since it started.
+    pub uptime_s: u64,
 }
 
 /// Keeps the messages of `messages` (in order) that fit in `max_bytes` of

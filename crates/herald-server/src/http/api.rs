@@ -126,7 +126,22 @@ pub(crate) async fn status(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_api_key(&node, &headers)?;
-    Ok(Json(serde_json::to_value(node.stats()).unwrap_or_default()))
+    let mut status = serde_json::to_value(node.stats()).unwrap_or_default();
+    // Several nodes on one engine: the whole cluster too (metrics stay per node).
+    match node.cluster().await {
+        Ok(Some(nodes)) => {
+            let total = |f: fn(&crate::engine::NodeReport) -> u64| nodes.iter().map(f).sum::<u64>();
+            status["cluster"] = json!({
+                "nodes": nodes.len(),
+                "connections": total(|n| n.connections),
+                "subscriptions": total(|n| n.subscriptions),
+                "members": nodes,
+            });
+        }
+        Ok(None) => {}
+        Err(e) => status["cluster"] = json!({"error": e.to_string()}),
+    }
+    Ok(Json(status))
 }
 
 /// `POST /api/websocket`: `{"action":"broadcast"|"notify", …}`.

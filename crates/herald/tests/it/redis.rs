@@ -656,3 +656,80 @@ async fn a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
     publish_ok(&http, &node.origin, "r:8", &json!(2)).await;
     assert_eq!(offsets(&mut sub, 1).await, vec![1]);
 }
+
+/// `GET /api/websocket` on any node reports the whole cluster: the nodes
+/// alive with their connection counts; a killed node leaves the view once it
+/// stops announcing (issue 8.6).
+#[tokio::test]
+async fn any_node_reports_the_whole_cluster_and_a_killed_node_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = Prefix::new();
+    let (a, mut b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let http = reqwest::Client::new();
+    let (on_a, _) = subscriber(&a.ws_url(), "r:cluster", None).await;
+    let mut on_b = Vec::new();
+    for _ in 0..2 {
+        let (c, _) = subscriber(&b.ws_url(), "r:cluster", None).await;
+        on_b.push(c);
+    }
+    let cluster = |origin: String| {
+        let http = http.clone();
+        async move {
+            let r: Value = http
+                .get(format!("{origin}/api/websocket"))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+    // Announcements every 2 s: both nodes see both, with their counts.
+    until(Duration::from_secs(10), "both nodes in both views", || {
+        let (a, b) = (a.origin.clone(), b.origin.clone());
+        let cluster = &cluster;
+        async move {
+            let (va, vb) = (cluster(a).await, cluster(b).await);
+            [va, vb].iter().all(|v| {
+                v["cluster"]["nodes"] == 2
+                    && v["cluster"]["connections"] == 3
+                    && v["cluster"]["subscriptions"] == 3
+            })
+        }
+    })
+    .await;
+    let view = cluster(a.origin.clone()).await;
+    assert_eq!(
+        view["connections"], 1,
+        "this node's own figures stay: {view}"
+    );
+    let mut counts: Vec<u64> = view["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["connections"].as_u64().unwrap())
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [1, 2]);
+
+    b.signal("-KILL");
+    b.wait_exit(Duration::from_secs(10));
+    until(
+        Duration::from_secs(20),
+        "the killed node gone from the view",
+        || {
+            let a = a.origin.clone();
+            let cluster = &cluster;
+            async move {
+                let v = cluster(a).await;
+                v["cluster"]["nodes"] == 1 && v["cluster"]["connections"] == 1
+            }
+        },
+    )
+    .await;
+    drop(on_a);
+    drop(on_b);
+}

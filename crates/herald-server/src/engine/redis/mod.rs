@@ -66,6 +66,16 @@ impl Naming {
         }
     }
 
+    /// The sorted set of node ids by last announcement.
+    fn nodes_key(&self) -> String {
+        format!("{{{}:nodes}}", self.prefix)
+    }
+
+    /// One node's report.
+    fn node_key(&self, node: &str) -> String {
+        format!("{{{}:nodes}}:{}", self.prefix, hex::encode(node))
+    }
+
     fn channel(&self, stream: &str) -> String {
         format!("{}:p:{{{stream}}}", self.prefix)
     }
@@ -413,6 +423,64 @@ impl Engine for RedisEngine {
             remote_subscriptions: self.fanout.subscriptions(),
             ..Usage::default()
         }
+    }
+
+    /// The node's report under a key that expires unless renewed, and its id
+    /// in a sorted set by time: a killed node drops out by itself. The keys
+    /// share one hash tag, so a Cluster port reads them in one slot.
+    async fn announce(&self, node: &NodeReport) -> Result<(), EngineError> {
+        let report = serde_json::to_string(node).map_err(engine_error)?;
+        let now = unix_millis();
+        let mut conn = self.conn.clone();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.naming.node_key(&node.node))
+            .arg(report)
+            .arg("PX")
+            .arg(millis(NODE_ALIVE_FOR))
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.naming.nodes_key())
+            .arg(now)
+            .arg(&node.node)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.naming.nodes_key())
+            .arg("-inf")
+            .arg(now.saturating_sub(millis(NODE_ALIVE_FOR)))
+            .ignore()
+            // The set goes too once every node has stopped announcing.
+            .cmd("PEXPIRE")
+            .arg(self.naming.nodes_key())
+            .arg(millis(NODE_ALIVE_FOR) * 2)
+            .ignore();
+        bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn nodes(&self) -> Result<Option<Vec<NodeReport>>, EngineError> {
+        let since = unix_millis().saturating_sub(millis(NODE_ALIVE_FOR));
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = bounded(
+            ::redis::cmd("ZRANGEBYSCORE")
+                .arg(self.naming.nodes_key())
+                .arg(since)
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await?;
+        if ids.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.naming.node_key(id)).collect();
+        let reports: Vec<Option<String>> =
+            bounded(::redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
+        let mut nodes: Vec<NodeReport> = reports
+            .into_iter()
+            .flatten()
+            .filter_map(|r| serde_json::from_str(&r).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(Some(nodes))
     }
 
     async fn close(&self) {
