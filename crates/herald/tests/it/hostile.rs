@@ -115,22 +115,7 @@ fn upgrade_request(host: &str) -> String {
 
 /// A masked client frame (RFC 6455 §5.2).
 fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    crate::util::client_frame(opcode, fin, payload)
 }
 
 fn text(json: &Value) -> Vec<u8> {

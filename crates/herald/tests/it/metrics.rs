@@ -5,21 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use herald_server::auth::{sign_hs256, unix_now, Claims};
 use serde_json::json;
 
-use crate::util::{write_config, Proc, API_KEY, SECRET};
-
-fn token(user: &str) -> String {
-    let claims = Claims {
-        sub: user.into(),
-        exp: Some(unix_now() + 3600),
-        iat: None,
-        role: None,
-        channels: None,
-    };
-    sign_hs256(SECRET, &claims).unwrap()
-}
+use crate::util::{user_token, write_config, Proc, API_KEY};
 
 async fn scrape(http: &reqwest::Client, origin: &str) -> String {
     http.get(format!("{origin}/metrics"))
@@ -114,7 +102,7 @@ async fn counters_move_by_what_the_workload_did_and_deploy_names_only_real_metri
     }
     let mut user = herald_client::Client::open(&server.ws_url()).await.unwrap();
     assert_eq!(
-        user.connect(Some(&token("m-user"))).await.unwrap()["type"],
+        user.connect(Some(&user_token("m-user"))).await.unwrap()["type"],
         "connected"
     );
 

@@ -150,3 +150,35 @@ pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A client token for `user`, valid an hour, signed with the tests' secret.
+pub fn user_token(user: &str) -> String {
+    let claims = herald_server::auth::Claims {
+        sub: user.into(),
+        exp: Some(herald_server::auth::unix_now() + 3600),
+        iat: None,
+        role: None,
+        channels: None,
+    };
+    herald_server::auth::sign_hs256(SECRET, &claims).unwrap()
+}
+
+/// A masked client frame (RFC 6455 §5.2), for tests that speak raw WebSocket.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
