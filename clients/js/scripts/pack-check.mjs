@@ -38,7 +38,7 @@ function project(scratch, name, tarball, files) {
   const pkg = join(dir, 'node_modules/herald-realtime')
   mkdirSync(pkg, { recursive: true })
   run('tar', ['-xzf', tarball, '-C', pkg, '--strip-components=1'], dir)
-  for (const dep of ['react', '@types/react']) {
+  for (const dep of ['react', '@types/react', 'ws', '@types/ws', '@types/node']) {
     mkdirSync(join(dir, 'node_modules', dep, '..'), { recursive: true })
     symlinkSync(join(modules, dep), join(dir, 'node_modules', dep), 'dir')
   }
@@ -88,21 +88,25 @@ console.log('cjs ok', require.resolve('herald-realtime'))
 `,
   })
   process.stdout.write(run(process.execPath, ['main.js'], cjs))
+  // As on Node 20.0–20.18, where require() of an ES module does not exist.
+  process.stdout.write(run(process.execPath, ['--no-experimental-require-module', 'main.js'], cjs))
 
-  for (const resolution of ['node10', 'node16']) {
+  for (const resolution of ['node10', 'node16', 'nodenext', 'bundler']) {
     step(`TypeScript, moduleResolution ${resolution}, strict`)
-    const module = resolution === 'node10' ? 'commonjs' : 'node16'
+    const module = { node10: 'commonjs', node16: 'node16', nodenext: 'nodenext', bundler: 'esnext' }[resolution]
     const dir = project(scratch, `ts-${resolution}`, tarball, {
       'package.json': { name: `ts-${resolution}`, private: true },
       'tsconfig.json': {
-        compilerOptions: { module, moduleResolution: resolution, strict: true, noEmit: true, skipLibCheck: true, jsx: 'react-jsx', types: [], lib: ['ES2022', 'DOM'] },
+        compilerOptions: { module, moduleResolution: resolution, strict: true, noEmit: true, skipLibCheck: true, esModuleInterop: true, jsx: 'react-jsx', types: [], lib: ['ES2022', 'DOM'] },
         include: ['app.ts'],
       },
       'app.ts': `import { RealtimeService, type RealtimeOptions } from 'herald-realtime'
 import { useRealtime } from 'herald-realtime/react'
 import { MobileRealtimeService } from 'herald-realtime/react-native'
 import { getRealtimeServer, type PublishResult } from 'herald-realtime/server'
+import NodeWebSocket from 'ws'
 const options: RealtimeOptions = { url: 'ws://localhost:8080/ws', webSocket: WebSocket }
+export const fromWs: RealtimeOptions = { url: 'ws://localhost:8080/ws', webSocket: NodeWebSocket }
 export const service = new RealtimeService(options)
 export const mobile: typeof MobileRealtimeService = MobileRealtimeService
 export const hook: typeof useRealtime = useRealtime
@@ -112,6 +116,29 @@ export const sent: Promise<PublishResult> = getRealtimeServer({ url: 'http://loc
     process.stdout.write(run(process.execPath, [tsc, '-p', dir], dir))
     console.log(`ts ${resolution} ok`)
   }
+
+  step('Vite build of a small React app')
+  const vite = project(scratch, 'vite', tarball, {
+    'package.json': { name: 'vite-app', private: true, type: 'module' },
+    'index.html': '<!doctype html><div id="root"></div><script type="module" src="/main.tsx"></script>\n',
+    'main.tsx': `import { useRealtime, useVenueUpdates } from 'herald-realtime/react'
+export function Venue() {
+  const { service, isConnected } = useRealtime('ws://localhost:8080/ws', { token: 't' })
+  useVenueUpdates(service, () => {}, '42')
+  return isConnected ? 'connected' : 'offline'
+}
+console.log(Venue)
+`,
+  })
+  for (const dep of ['vite', 'esbuild', 'rollup', '@rollup', 'react-dom', 'scheduler']) {
+    if (existsSync(join(modules, dep)) && !existsSync(join(vite, 'node_modules', dep))) {
+      symlinkSync(join(modules, dep), join(vite, 'node_modules', dep), 'dir')
+    }
+  }
+  const built = run(process.execPath, [join(modules, 'vite/bin/vite.js'), 'build', '--logLevel', 'warn'], vite)
+  process.stdout.write(built)
+  if (!existsSync(join(vite, 'dist/index.html'))) throw new Error('vite build wrote no dist/index.html')
+  console.log('vite ok')
 
   step(`Jest ${JEST} with preset ts-jest (no transformIgnorePatterns)`)
   const jest = join(scratch, 'jest')
