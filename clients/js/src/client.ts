@@ -39,6 +39,8 @@ export interface ClientEvents {
   error: RealtimeError
   /** A channel subscription is live on the socket (after a connect or reconnect). */
   subscribed: { channel: string; cursor: string; recovered: boolean }
+  /** {@link RealtimeClient.isReceiving} changed. */
+  receiving: boolean
 }
 
 /** One subscribed channel: its handlers and its position. */
@@ -159,6 +161,26 @@ export class RealtimeClient {
   /** The current connection state. */
   get state(): ConnectionState {
     return this.currentState
+  }
+
+  /**
+   * Whether updates are actually arriving: connected, or polling with the
+   * last poll answered. `polling` alone says the fallback is running, not
+   * that the server is reachable (every poll may be failing).
+   */
+  get isReceiving(): boolean {
+    return this.currentState === 'connected' || (this.currentState === 'polling' && this.pollsAnswered)
+  }
+
+  /** Whether the fallback's last poll was answered (see {@link RealtimeClient.isReceiving}). */
+  private pollsAnswered = false
+
+  /** The fallback reports whether its polls are answered. */
+  protected setPollsAnswered(answered: boolean): void {
+    if (answered === this.pollsAnswered) return
+    const before = this.isReceiving
+    this.pollsAnswered = answered
+    if (this.isReceiving !== before) this.events.emit('receiving', this.isReceiving)
   }
 
   /** The same value as {@link RealtimeClient.state}, under the seed application's name. */
@@ -725,8 +747,12 @@ export class RealtimeClient {
   protected setState(next: ConnectionState): void {
     if (next === this.currentState) return
     this.log(`state ${this.currentState} -> ${next}`)
+    const before = this.isReceiving
+    // A new fallback has answered nothing yet.
+    if (next === 'polling') this.pollsAnswered = false
     this.currentState = next
     this.events.emit('state', next)
+    if (this.isReceiving !== before) this.events.emit('receiving', this.isReceiving)
   }
 
   protected emitError(err: RealtimeError): void {

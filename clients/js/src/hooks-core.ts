@@ -9,7 +9,7 @@ import type { RealtimeClient } from './client.js'
 import type { ConnectionState, MessageHandler, NotificationHandler } from './types.js'
 
 /** Anything with the client's surface: RealtimeClient, RealtimeService, MobileRealtimeService. */
-export type AnyService = Pick<RealtimeClient, 'subscribe' | 'onNotification' | 'on' | 'state'>
+export type AnyService = Pick<RealtimeClient, 'subscribe' | 'onNotification' | 'on' | 'state' | 'isReceiving'>
 
 function useLatest<T>(value: T): { readonly current: T } {
   const ref = useRef(value)
@@ -77,6 +77,23 @@ export function useConnectionState(service: AnyService | null | undefined): Conn
     [service],
   )
   const get = () => service?.state ?? 'disconnected'
+  return useSyncExternalStore(subscribe, get, get)
+}
+
+/**
+ * Whether updates are actually arriving (connected, or polling with answered
+ * polls): `state` alone shows `polling` while every poll fails.
+ */
+export function useIsReceiving(service: AnyService | null | undefined): boolean {
+  const subscribe = useCallback(
+    (onChange: () => void) => {
+      if (!service) return () => {}
+      const offs = [service.on('state', onChange), service.on('receiving', onChange)]
+      return () => offs.forEach((off) => off())
+    },
+    [service],
+  )
+  const get = () => service?.isReceiving ?? false
   return useSyncExternalStore(subscribe, get, get)
 }
 

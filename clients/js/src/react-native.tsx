@@ -6,7 +6,7 @@
 import { type JSX, useCallback, useRef, useState } from 'react'
 import { AppState, Pressable, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native'
 import { MobileRealtimeService, type MobileRealtimeOptions, type NetworkLike } from './mobile.js'
-import { useChannel, useConnectionState, useNotifications, useServiceLifecycle } from './hooks-core.js'
+import { useChannel, useConnectionState, useIsReceiving, useNotifications, useServiceLifecycle } from './hooks-core.js'
 import type { ConnectionState, MessageMeta, NotificationMeta } from './types.js'
 
 export { MobileRealtimeService, type MobileRealtimeOptions, type AppStateLike, type NetworkLike } from './mobile.js'
@@ -17,6 +17,7 @@ export {
   usePromotions,
   useNotifications,
   useConnectionState,
+  useIsReceiving,
   type AnyService,
 } from './hooks-core.js'
 export type * from './types.js'
@@ -28,6 +29,8 @@ export interface UseMobileRealtimeResult {
   service: MobileRealtimeService
   isConnected: boolean
   state: ConnectionState
+  /** Updates are arriving: connected, or polling with answered polls (false while every poll fails). */
+  isReceiving: boolean
 }
 
 /**
@@ -76,7 +79,8 @@ export function useRealtime(
     return new MobileRealtimeService(o)
   })
   const state = useConnectionState(service)
-  return { service, isConnected: state === 'connected', state }
+  const isReceiving = useIsReceiving(service)
+  return { service, isConnected: state === 'connected', state, isReceiving }
 }
 
 export interface RealtimeDemoProps {

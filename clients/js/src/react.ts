@@ -5,7 +5,7 @@
  */
 import { useRef } from 'react'
 import { RealtimeService } from './service.js'
-import { useConnectionState, useServiceLifecycle } from './hooks-core.js'
+import { useConnectionState, useIsReceiving, useServiceLifecycle } from './hooks-core.js'
 import type { ConnectionState, RealtimeOptions } from './types.js'
 
 export {
@@ -15,6 +15,7 @@ export {
   usePromotions,
   useNotifications,
   useConnectionState,
+  useIsReceiving,
   type AnyService,
 } from './hooks-core.js'
 
@@ -25,6 +26,8 @@ export interface UseRealtimeResult<S> {
   service: S
   isConnected: boolean
   state: ConnectionState
+  /** Updates are arriving: connected, or polling with answered polls (false while every poll fails). */
+  isReceiving: boolean
 }
 
 /** A stable identity for the options that require a new service when they change. */
@@ -59,5 +62,6 @@ export function useRealtime(
     return new RealtimeService(o)
   })
   const state = useConnectionState(service)
-  return { service, isConnected: state === 'connected', state }
+  const isReceiving = useIsReceiving(service)
+  return { service, isConnected: state === 'connected', state, isReceiving }
 }

@@ -148,6 +148,8 @@ export class RealtimeService extends RealtimeClient {
           })
           return
         }
+        // Any answer but a 5xx means the server is there (a 429 too).
+        this.setPollsAnswered(res.status < 500)
         if (!res.ok) {
           // 429 (poll rate limit) and 503 say when to come back; the cursor
           // has not moved, so the retry resumes exactly where this one was.
@@ -164,6 +166,7 @@ export class RealtimeService extends RealtimeClient {
         answer = (await res.json()) as PollAnswer
       } catch {
         if (loop.stopped) return
+        this.setPollsAnswered(false)
         errors++
         await this.sleep(loop, backoffDelay(errors, minReconnectDelay, maxReconnectDelay, this.options.random) + 1)
         continue

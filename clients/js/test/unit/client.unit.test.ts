@@ -149,6 +149,46 @@ describe('RealtimeClient state machine (fake socket)', () => {
     quiet.mockRestore()
   })
 
+  it('isReceiving tells a fallback whose polls fail from one whose polls are answered', async () => {
+    let answer: 'fail' | 'ok' = 'fail'
+    const fetch = (async () => {
+      if (answer === 'fail') throw new TypeError('fetch failed')
+      return new Response(JSON.stringify({ channel: 'venue:1', messages: [], cursor: 'e:0', recovered: true, more: false }), {
+        status: 200,
+        headers: { 'content-type': 'application/json' },
+      })
+    }) as unknown as NonNullable<ConstructorParameters<typeof RealtimeService>[0]['fetch']>
+    const s = new RealtimeService({
+      url: 'ws://x/ws',
+      webSocket: WS,
+      minReconnectDelay: 10,
+      maxReconnectDelay: 10,
+      fallbackAfter: 1,
+      pollInterval: 50,
+      minPollGap: 10,
+      longPollWait: 0,
+      fetch,
+    })
+    const seen: boolean[] = []
+    s.on('receiving', (r) => seen.push(r))
+    s.subscribe('venue:1', () => {})
+    s.connect()
+    await flush()
+    FakeSocket.last().serverClose(1006)
+    expect(s.state).toBe('polling')
+    await vi.advanceTimersByTimeAsync(100)
+    expect(s.isReceiving).toBe(false)
+    answer = 'ok'
+    await vi.advanceTimersByTimeAsync(200)
+    expect(s.state).toBe('polling')
+    expect(s.isReceiving).toBe(true)
+    answer = 'fail'
+    await vi.advanceTimersByTimeAsync(300)
+    expect(s.isReceiving).toBe(false)
+    expect(seen).toEqual([true, false])
+    s.disconnect()
+  })
+
   it('surfaces recovered:false as a gap', async () => {
     const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, minReconnectDelay: 10, maxReconnectDelay: 10 })
     const gaps: unknown[] = []
