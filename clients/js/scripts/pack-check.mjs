@@ -54,7 +54,7 @@ try {
   const packed = JSON.parse(report.slice(report.search(/^\[/m)))[0]
   const tarball = join(scratch, packed.filename)
   const shipped = packed.files.map((f) => f.path)
-  for (const must of ['dist/index.js', 'dist/cjs/index.js', 'dist/server.d.ts', 'dist/cjs/react-native.d.ts', 'react-native/package.json', 'server/package.json', 'react/package.json']) {
+  for (const must of ['dist/index.js', 'dist/cjs/index.js', 'dist/server.d.ts', 'dist/cjs/react-native.d.ts', 'react-native/package.json', 'server/package.json', 'react/package.json', 'testing/package.json']) {
     if (!shipped.includes(must)) throw new Error(`the tarball lacks ${must}: ${shipped.join(', ')}`)
   }
   console.log(`${packed.filename}: ${shipped.length} files, ${packed.size} bytes`)
@@ -80,7 +80,7 @@ console.log('esm ok', import.meta.resolve('herald-realtime'))
 const { useRealtime } = require('herald-realtime/react')
 const { getRealtimeServer } = require('herald-realtime/server')
 for (const v of [RealtimeService, useRealtime, getRealtimeServer]) if (typeof v !== 'function') throw new Error('missing export')
-for (const entry of ['herald-realtime', 'herald-realtime/react', 'herald-realtime/react-native', 'herald-realtime/server']) {
+for (const entry of ['herald-realtime', 'herald-realtime/react', 'herald-realtime/react-native', 'herald-realtime/server', 'herald-realtime/testing']) {
   const file = require.resolve(entry)
   if (!file.includes('/dist/cjs/')) throw new Error(entry + ' resolved to ' + file + ', not the CommonJS build')
 }

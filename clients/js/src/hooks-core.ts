@@ -4,12 +4,30 @@
  * ref, so a new callback identity on every render never resubscribes, and the
  * effect's cleanup unsubscribes on unmount or when the channel changes.
  */
-import { useCallback, useEffect, useRef, useSyncExternalStore } from 'react'
+import { createContext, useCallback, useContext, useEffect, useRef, useSyncExternalStore, type Context } from 'react'
 import type { RealtimeClient } from './client.js'
 import type { ConnectionState, MessageHandler, NotificationHandler } from './types.js'
 
 /** Anything with the client's surface: RealtimeClient, RealtimeService, MobileRealtimeService. */
 export type AnyService = Pick<RealtimeClient, 'subscribe' | 'onNotification' | 'on' | 'state' | 'isReceiving'>
+
+/**
+ * The service `useRealtime` returns instead of creating one (set by
+ * herald-realtime/testing's MockRealtimeProvider). Kept under a global
+ * symbol, not in module state, so the ESM and CommonJS builds of the package
+ * share it: a test that requires one and an app that imports the other still
+ * meet.
+ */
+export function realtimeOverride(): Context<unknown> {
+  const key = Symbol.for('herald-realtime.override')
+  const g = globalThis as unknown as Record<symbol, Context<unknown> | undefined>
+  return (g[key] ??= createContext<unknown>(null))
+}
+
+/** The service a MockRealtimeProvider above supplies, if any. */
+export function useOverride<S>(): S | null {
+  return useContext(realtimeOverride()) as S | null
+}
 
 function useLatest<T>(value: T): { readonly current: T } {
   const ref = useRef(value)

@@ -6,7 +6,7 @@
 import { type JSX, useCallback, useRef, useState } from 'react'
 import { AppState, Pressable, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native'
 import { MobileRealtimeService, type MobileRealtimeOptions, type NetworkLike } from './mobile.js'
-import { useChannel, useConnectionState, useIsReceiving, useNotifications, useServiceLifecycle } from './hooks-core.js'
+import { useChannel, useConnectionState, useIsReceiving, useNotifications, useOverride, useServiceLifecycle } from './hooks-core.js'
 import type { ConnectionState, MessageMeta, NotificationMeta } from './types.js'
 
 export { MobileRealtimeService, type MobileRealtimeOptions, type AppStateLike, type NetworkLike } from './mobile.js'
@@ -68,7 +68,9 @@ export function useRealtime(
   const latest = useRef(options)
   latest.current = options
   const key = JSON.stringify([wsUrl, apiUrl ?? '', options.user ?? '', options.token ?? '', Boolean(options.getToken)])
-  const service = useServiceLifecycle(key, () => {
+  const override = useOverride<MobileRealtimeService>()
+  const service = useServiceLifecycle(override ? 'override' : key, () => {
+    if (override) return override
     const o: MobileRealtimeOptions = { appState: AppState, ...options, url: wsUrl }
     if (!('network' in options)) {
       const netInfo = optionalNetInfo()

@@ -5,7 +5,7 @@
  */
 import { useRef } from 'react'
 import { RealtimeService } from './service.js'
-import { useConnectionState, useIsReceiving, useServiceLifecycle } from './hooks-core.js'
+import { useConnectionState, useIsReceiving, useOverride, useServiceLifecycle } from './hooks-core.js'
 import type { ConnectionState, RealtimeOptions } from './types.js'
 
 export {
@@ -56,7 +56,9 @@ export function useRealtime(
   const options = toOptions(userIdOrOptions)
   const latest = useRef(options)
   latest.current = options
-  const service = useServiceLifecycle(serviceKey(url, options), () => {
+  const override = useOverride<RealtimeService>()
+  const service = useServiceLifecycle(override ? 'override' : serviceKey(url, options), () => {
+    if (override) return override
     const o: RealtimeOptions = { ...options, url }
     if (options.getToken) o.getToken = () => latest.current.getToken?.()
     return new RealtimeService(o)

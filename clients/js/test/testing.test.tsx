@@ -1,0 +1,77 @@
+/**
+ * herald-realtime/testing (issue 14.6): a component using useRealtime and
+ * the channel hooks renders under a test runner with a mock service — no
+ * socket opened, no request made — and the test drives what it sees.
+ */
+import { act, create, type ReactTestRenderer } from 'react-test-renderer'
+import { useState } from 'react'
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { useRealtime, useVenueUpdates, useNotifications } from '../src/react.js'
+import { useRealtime as useMobileRealtime } from '../src/react-native.js'
+import { createMockRealtime, MockRealtimeProvider } from '../src/testing.js'
+
+;(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true
+
+function VenueScreen({ venueId }: { venueId: string }) {
+  const { service, isConnected, isReceiving } = useRealtime('ws://herald.invalid/ws', 'user-1')
+  const [names, setNames] = useState<string[]>([])
+  const [alerts, setAlerts] = useState(0)
+  useVenueUpdates(service, (u: { name: string }) => setNames((n) => [...n, u.name]), venueId)
+  useNotifications(service, () => setAlerts((a) => a + 1))
+  return `${isConnected ? 'connected' : 'offline'}/${isReceiving ? 'receiving' : 'quiet'}: ${names.join(',')} (${alerts})`
+}
+
+let renderer: ReactTestRenderer | null = null
+afterEach(() => {
+  act(() => renderer?.unmount())
+  renderer = null
+  vi.restoreAllMocks()
+})
+
+describe('herald-realtime/testing', () => {
+  it('useRealtime returns the mock: nothing leaves the process, the test drives the screen', () => {
+    const fetchSpy = vi.spyOn(globalThis, 'fetch')
+    const sockets = vi.fn()
+    ;(globalThis as { WebSocket?: unknown }).WebSocket = sockets
+    const mock = createMockRealtime({ state: 'connected' })
+    act(() => {
+      renderer = create(
+        <MockRealtimeProvider service={mock}>
+          <VenueScreen venueId="42" />
+        </MockRealtimeProvider>,
+      )
+    })
+    expect(renderer!.toJSON()).toBe('connected/receiving:  (0)')
+    expect(mock.subscribedChannels).toEqual(['venue:42'])
+    act(() => mock.emit('venue:42', { name: 'Blue Bar' }))
+    act(() => mock.emit('venue:7', { name: 'elsewhere' }))
+    act(() => mock.notify({ title: 'hi' }))
+    expect(renderer!.toJSON()).toBe('connected/receiving: Blue Bar (1)')
+    act(() => mock.setState('polling', { receiving: false }))
+    expect(renderer!.toJSON()).toBe('offline/quiet: Blue Bar (1)')
+    act(() => renderer!.unmount())
+    renderer = null
+    expect(mock.subscribedChannels).toEqual([])
+    expect(fetchSpy).not.toHaveBeenCalled()
+    expect(sockets).not.toHaveBeenCalled()
+    delete (globalThis as { WebSocket?: unknown }).WebSocket
+  })
+
+  it('the React Native useRealtime takes the mock too', () => {
+    const mock = createMockRealtime({ state: 'reconnecting' })
+    function Screen() {
+      const { state } = useMobileRealtime('ws://herald.invalid/ws', 'https://herald.invalid', 'user-2')
+      return state
+    }
+    act(() => {
+      renderer = create(
+        <MockRealtimeProvider service={mock}>
+          <Screen />
+        </MockRealtimeProvider>,
+      )
+    })
+    expect(renderer!.toJSON()).toBe('reconnecting')
+    act(() => mock.setState('connected'))
+    expect(renderer!.toJSON()).toBe('connected')
+  })
+})
