@@ -121,7 +121,10 @@ describe('polling under the poll rate limit', () => {
       await new Promise((r) => setTimeout(r, 200))
     }
     const want = channels.flatMap((ch) => [1, 2, 3, 4, 5].map((i) => `${ch}/${i}`))
-    await waitFor(() => got.length >= want.length, 'every message', 20_000)
+    // Four streams share one request a second, so a stream can lose the race
+    // for the token several times in a row: on a loaded machine that takes
+    // a while, and is not a loss.
+    await waitFor(() => got.length >= want.length, 'every message', 40_000)
     // A little longer, to catch a late duplicate.
     await new Promise((r) => setTimeout(r, 1500))
     expect([...got].sort()).toEqual([...want].sort())
@@ -137,5 +140,5 @@ describe('polling under the poll rate limit', () => {
       const next = log.find((l) => streamOf(l.url) === streamOf(r.url) && l.start >= r.end && l !== r)
       if (next) expect(next.start - r.end).toBeGreaterThanOrEqual(r.retryAfter * 1000 - 20)
     }
-  }, 40_000)
+  }, 60_000)
 })
