@@ -30,6 +30,17 @@ const INBOX = '\u0000inbox'
 export class RealtimeService extends RealtimeClient {
   private readonly loops = new Map<string, PollLoop>()
   private fallbackActive = false
+  /**
+   * After a 429 the server's poll budget is per user, shared by every stream
+   * of this service: requests then go through one first-come queue, one per
+   * `throttleSpacing` ms. Without it, streams whose long polls end exactly
+   * as a token refills take every token, and a stream that got a 429 (and
+   * has messages waiting) can lose the race forever.
+   */
+  private throttleSpacing = 0
+  private throttleLast = 0
+  private lastRefusal = 0
+  private throttleQueue: Promise<void> = Promise.resolve()
 
   /** True while the fallback is polling. */
   get isPolling(): boolean {
@@ -119,6 +130,8 @@ export class RealtimeService extends RealtimeClient {
         await this.sleep(loop, gap)
         if (loop.stopped) return
       }
+      await this.throttleTurn(loop)
+      if (loop.stopped) return
       lastStart = Date.now()
       const since = this.pollSince(channel)
       if (since === null) return
@@ -154,6 +167,7 @@ export class RealtimeService extends RealtimeClient {
           // 429 (poll rate limit) and 503 say when to come back; the cursor
           // has not moved, so the retry resumes exactly where this one was.
           const retryAfter = Number(res.headers.get('retry-after'))
+          if (res.status === 429) this.throttle(retryAfter > 0 ? retryAfter * 1000 : minPollGap)
           // Read the (error) body so the connection goes back to the pool.
           await res.json().catch(() => null)
           errors++
@@ -184,6 +198,34 @@ export class RealtimeService extends RealtimeClient {
       // fall back to polling every pollInterval.
       const longPolled = wait > 0 && (answer.messages?.length > 0 || held >= (wait * 1000) / 2)
       if (!longPolled) await this.sleep(loop, pollInterval)
+    }
+  }
+
+  /** The budget ran out: from now on, one request per `spacing` ms, first come first served. */
+  private throttle(spacing: number): void {
+    this.throttleSpacing = Math.max(this.throttleSpacing, spacing)
+    this.throttleLast = Date.now()
+    this.lastRefusal = Date.now()
+  }
+
+  /** Waits for this loop's turn while throttled; at once otherwise. */
+  private async throttleTurn(loop: PollLoop): Promise<void> {
+    if (this.throttleSpacing === 0) return
+    // A quiet minute without a 429: the budget has room again.
+    if (Date.now() - this.lastRefusal > 60_000) {
+      this.throttleSpacing = 0
+      return
+    }
+    const previous = this.throttleQueue
+    let release!: () => void
+    this.throttleQueue = new Promise<void>((r) => (release = r))
+    try {
+      await previous
+      const wait = this.throttleLast + this.throttleSpacing - Date.now()
+      if (wait > 0 && !loop.stopped) await this.sleep(loop, wait)
+      this.throttleLast = Date.now()
+    } finally {
+      release()
     }
   }
 
