@@ -77,9 +77,9 @@ async function main() {
   const scratch = mkdtempSync(join(tmpdir(), 'herald-nextjs-'))
   try {
     step('pack the SDK as npm would publish it')
-    run('npm', ['run', 'build'], sdk)
+    // npm pack runs prepack (a build), whose output precedes the JSON report.
     const packed = execFileSync('npm', ['pack', '--pack-destination', scratch, '--json'], { cwd: sdk, encoding: 'utf8' })
-    const tarball = join(scratch, JSON.parse(packed)[0].filename)
+    const tarball = join(scratch, JSON.parse(packed.slice(packed.search(/^\[/m)))[0].filename)
 
     step('install the example and the packed SDK')
     run('npm', ['ci', '--no-audit', '--no-fund'], here)
