@@ -888,12 +888,8 @@ impl Node {
         from: HistoryFrom,
         limit: usize,
     ) -> Result<crate::engine::HistoryPage, EngineError> {
-        self.engine
-            .history(stream, from, limit, self.config.limits.max_page_bytes)
+        self.history(stream, from, limit, self.config.limits.max_page_bytes)
             .await
-            .inspect_err(|_| {
-                self.metrics.engine_errors.inc();
-            })
     }
 
     async fn history(

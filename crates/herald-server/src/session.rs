@@ -470,7 +470,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.refuse(id, &e, CloseCode::Shutdown).await,
         };
-        self.inbox = Some(inbox);
+        self.inbox = Some(inbox.clone());
         let state = NotificationsState {
             cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
             recovered: recovery.recovered,
@@ -484,8 +484,7 @@ impl Session {
             notifications: Some(state),
         };
         let head = Utf8Bytes::from(connected.to_json());
-        self.replay(head, &self.inbox.clone().unwrap_or_default(), recovery)
-            .await
+        self.replay(head, &inbox, recovery).await
     }
 
     /// Sends `head` (the `connected` or `subscribed` frame) and the replay
