@@ -289,7 +289,9 @@ pub struct EngineConfig {
     /// Redis URL for the redis engine:
     /// `redis://[:password@]host:port[/db]` or `rediss://` (TLS).
     pub redis_url: Option<String>,
-    /// Seed nodes of a Redis Cluster (not supported yet: refused).
+    /// Seed nodes of a Redis Cluster (Redis 7 or later: sharded pub/sub),
+    /// instead of `redis_url`: `["redis://h1:p1", "redis://h2:p2", …]`.
+    /// Any reachable ones will do; the rest of the cluster is discovered.
     pub redis_cluster: Vec<String>,
     /// Prefix of every Redis key and pub/sub channel, so several Herald
     /// deployments (or tests) can share one Redis.
@@ -442,51 +444,71 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// One Redis URL of `field`: `redis://[:password@]host:port[/db]` or
+/// `rediss://`. The message never repeats the URL: it may hold a password.
+fn validate_redis_url(field: &str, raw: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        invalid(
+            field,
+            format!("not a URL ({e}); expected redis://[:password@]host:port[/db]"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(invalid(field, "the scheme must be redis:// or rediss://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(field, "has no host"));
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err(invalid(
+            field,
+            "the path must be a database number (/0, /1, …)",
+        ));
+    }
+    redis::Client::open(raw)
+        .map_err(|e| invalid(field, format!("not a usable Redis URL: {}", e.category())))?;
+    Ok(())
+}
+
 impl EngineConfig {
-    /// The redis engine's settings: a parseable `redis://` or `rediss://`
-    /// URL, no cluster (yet), and a prefix that cannot break key hash tags.
+    /// The redis engine's settings: one Redis (a parseable `redis://` or
+    /// `rediss://` URL) or a Cluster (a list of them), and a prefix that
+    /// cannot break key hash tags.
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if !self.redis_cluster.is_empty() {
-            return Err(invalid(
-                "engine.redis_cluster",
-                "Redis Cluster is not supported yet; use engine.redis_url with one Redis",
-            ));
+        match (&self.redis_url, self.redis_cluster.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "engine.redis_cluster",
+                    "set engine.redis_url (one Redis) or engine.redis_cluster (a Redis Cluster), not both",
+                ))
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "engine.redis_url",
+                    "required with engine.kind = \"redis\" (redis://[:password@]host:port[/db]), or engine.redis_cluster for a Redis Cluster",
+                ))
+            }
+            (Some(url), true) => validate_redis_url("engine.redis_url", url)?,
+            (None, false) => {
+                if self.redis_cluster.len() > 64 {
+                    return Err(invalid(
+                        "engine.redis_cluster",
+                        "at most 64 seed nodes (the rest of the cluster is discovered)",
+                    ));
+                }
+                for url in &self.redis_cluster {
+                    validate_redis_url("engine.redis_cluster", url)?;
+                    // A Cluster has one database.
+                    if url::Url::parse(url).is_ok_and(|u| !u.path().trim_start_matches('/').is_empty() && u.path() != "/0") {
+                        return Err(invalid(
+                            "engine.redis_cluster",
+                            "a Redis Cluster has only database 0; drop the /db part",
+                        ));
+                    }
+                }
+            }
         }
-        let Some(raw) = self.redis_url.as_deref() else {
-            return Err(invalid(
-                "engine.redis_url",
-                "required with engine.kind = \"redis\" (redis://[:password@]host:port[/db])",
-            ));
-        };
-        // The message never repeats the URL: it may hold a password.
-        let url = url::Url::parse(raw).map_err(|e| {
-            invalid(
-                "engine.redis_url",
-                format!("not a URL ({e}); expected redis://[:password@]host:port[/db]"),
-            )
-        })?;
-        if !matches!(url.scheme(), "redis" | "rediss") {
-            return Err(invalid(
-                "engine.redis_url",
-                "the scheme must be redis:// or rediss://",
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("engine.redis_url", "has no host"));
-        }
-        let db = url.path().trim_start_matches('/');
-        if !db.is_empty() && db.parse::<u16>().is_err() {
-            return Err(invalid(
-                "engine.redis_url",
-                "the path must be a database number (/0, /1, …)",
-            ));
-        }
-        redis::Client::open(raw).map_err(|e| {
-            invalid(
-                "engine.redis_url",
-                format!("not a usable Redis URL: {}", e.category()),
-            )
-        })?;
         let p = &self.redis_prefix;
         if p.is_empty()
             || p.len() > 64
@@ -826,6 +848,12 @@ impl Config {
             .map(|_| "********".to_owned())
             .collect();
         masked.engine.redis_url = masked.engine.redis_url.as_deref().map(mask_url_credentials);
+        masked.engine.redis_cluster = masked
+            .engine
+            .redis_cluster
+            .iter()
+            .map(|u| mask_url_credentials(u))
+            .collect();
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
@@ -1240,7 +1268,9 @@ mod tests {
             ("[engine]\nkind = \"redis\"\nredis_url = \"http://h:1\"\n", "engine.redis_url", "scheme"),
             ("[engine]\nkind = \"redis\"\nredis_url = \"redis://:pw-in-msg@h:1/x\"\n", "engine.redis_url", "database"),
             ("[engine]\nkind = \"redis\"\nredis_url = \"redis://h:1\"\nredis_prefix = \"a{b}\"\n", "engine.redis_prefix", "A-Z"),
-            ("[engine]\nkind = \"redis\"\nredis_url = \"redis://h:1\"\nredis_cluster = [\"redis://h1:1\"]\n", "engine.redis_cluster", "not supported yet"),
+            ("[engine]\nkind = \"redis\"\nredis_url = \"redis://h:1\"\nredis_cluster = [\"redis://h1:1\"]\n", "engine.redis_cluster", "not both"),
+            ("[engine]\nkind = \"redis\"\nredis_cluster = [\"redis://h1:1\", \"tcp://:pw-in-msg@h2:1\"]\n", "engine.redis_cluster", "scheme"),
+            ("[engine]\nkind = \"redis\"\nredis_cluster = [\"redis://h1:1/3\"]\n", "engine.redis_cluster", "only database 0"),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text:?} gave {err}");
@@ -1255,6 +1285,18 @@ mod tests {
             .unwrap()
             .config;
         assert_eq!(c.engine.redis_prefix, "envprefix");
+        // A Redis Cluster by its seed nodes, their passwords masked.
+        let c = load("[engine]\nkind = \"redis\"\nredis_cluster = [\"redis://:s3cr3t-pw@h1:7000\", \"rediss://h2:7001\"]\n")
+            .unwrap()
+            .config;
+        assert_eq!(c.engine.redis_cluster.len(), 2);
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("s3cr3t-pw")
+                && masked.contains("h1:7000")
+                && masked.contains("rediss://h2:7001"),
+            "{masked}"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::auth::{Auth, Identity};
 use crate::config::{builtin_namespaces, Config, EngineKind, SubscribeRule};
 use crate::engine::{
     Budget, EmbeddedEngine, Engine, EngineError, HistoryFrom, MemoryEngine, Publication,
-    PublishRequest, RedisEngine, Refusal, Retention, StoredKey, StoredMessage, SweepReport,
+    PublishRequest, RedisEngine, RedisTarget, Refusal, Retention, StoredKey, StoredMessage,
+    SweepReport,
 };
 use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
@@ -247,11 +248,19 @@ impl Node {
         let (engine, embedded): (Arc<dyn Engine>, _) = match config.engine.kind {
             EngineKind::Memory => (Arc::new(MemoryEngine::new(hub.clone(), budget)), None),
             EngineKind::Redis => {
-                let url = config.engine.redis_url.as_deref().ok_or_else(|| {
-                    EngineError("engine.redis_url is required for the redis engine".into())
-                })?;
+                let target = match (&config.engine.redis_url, &config.engine.redis_cluster) {
+                    (Some(url), seeds) if seeds.is_empty() => RedisTarget::One(url),
+                    (None, seeds) if !seeds.is_empty() => RedisTarget::Cluster(seeds),
+                    _ => {
+                        return Err(EngineError(
+                            "the redis engine needs engine.redis_url or engine.redis_cluster (one of them)"
+                                .into(),
+                        )
+                        .into())
+                    }
+                };
                 let e = Arc::new(RedisEngine::new(
-                    url,
+                    target,
                     &config.engine.redis_prefix,
                     hub.clone(),
                 )?);

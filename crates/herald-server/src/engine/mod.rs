@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 pub use embedded::EmbeddedEngine;
 pub use memory::MemoryEngine;
-pub use redis::RedisEngine;
+pub use redis::{RedisEngine, RedisTarget};
 
 /// How much of a stream is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

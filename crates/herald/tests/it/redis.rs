@@ -53,18 +53,25 @@ impl Drop for Prefix {
 }
 
 /// A config for a node of the redis engine.
-fn redis_config(dir: &Path, name: &str, url: &str, prefix: &str) -> String {
+/// The `[engine]` line for one Redis at `url`.
+fn one(url: &str) -> String {
+    format!("redis_url = \"{url}\"")
+}
+
+/// A config for a node of the redis engine; `engine` says where Redis is
+/// ([`one`] or [`LocalCluster::engine`]).
+fn redis_config(dir: &Path, name: &str, engine: &str, prefix: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
-        "listen = \"127.0.0.1:0\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n[[namespaces]]\nname = \"r\"\nsubscribe = \"public\"\n"
+        "listen = \"127.0.0.1:0\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\n{engine}\nredis_prefix = \"{prefix}\"\n[[namespaces]]\nname = \"r\"\nsubscribe = \"public\"\n"
     );
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
 }
 
-fn two_nodes(dir: &Path, url: &str, prefix: &str) -> (Proc, Proc) {
-    let a = redis_config(dir, "a", url, prefix);
-    let b = redis_config(dir, "b", url, prefix);
+fn two_nodes(dir: &Path, engine: &str, prefix: &str) -> (Proc, Proc) {
+    let a = redis_config(dir, "a", engine, prefix);
+    let b = redis_config(dir, "b", engine, prefix);
     (
         Proc::start(dir, &["--config", &a]),
         Proc::start(dir, &["--config", &b]),
@@ -119,8 +126,20 @@ async fn offsets(c: &mut Client, n: usize) -> Vec<u64> {
 #[tokio::test]
 async fn a_publish_on_either_node_reaches_subscribers_on_both_once_with_gap_free_offsets() {
     let prefix = Prefix::new();
+    fan_out_across_nodes(&one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_publish_on_either_node_reaches_subscribers_on_both_once_with_gap_free_offsets(
+) {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let cluster = LocalCluster::start(dir.path());
+    fan_out_across_nodes(&cluster.engine(), "herald").await;
+}
+
+async fn fan_out_across_nodes(engine: &str, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), engine, prefix);
     let http = reqwest::Client::new();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:1", None).await;
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:1", None).await;
@@ -178,8 +197,20 @@ async fn a_publish_on_either_node_reaches_subscribers_on_both_once_with_gap_free
 #[tokio::test]
 async fn resume_on_the_other_node_while_publishes_continue_has_no_gap_and_no_duplicate() {
     let prefix = Prefix::new();
+    resume_across_nodes(&one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_resume_on_the_other_node_while_publishes_continue_has_no_gap_and_no_duplicate(
+) {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let cluster = LocalCluster::start(dir.path());
+    resume_across_nodes(&cluster.engine(), "herald").await;
+}
+
+async fn resume_across_nodes(engine: &str, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), engine, prefix);
     let http = reqwest::Client::new();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:2", None).await;
     for i in 0..10 {
@@ -218,8 +249,19 @@ async fn resume_on_the_other_node_while_publishes_continue_has_no_gap_and_no_dup
 #[tokio::test]
 async fn polling_and_long_polling_work_through_the_other_node() {
     let prefix = Prefix::new();
+    poll_across_nodes(&one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_polling_and_long_polling_work_through_the_other_node() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let cluster = LocalCluster::start(dir.path());
+    poll_across_nodes(&cluster.engine(), "herald").await;
+}
+
+async fn poll_across_nodes(engine: &str, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), engine, prefix);
     let http = reqwest::Client::new();
     for i in 0..5 {
         publish_ok(&http, &a.origin, "r:3", &json!({ "i": i })).await;
@@ -268,14 +310,20 @@ struct PrivateRedis {
     child: Option<Child>,
     port: u16,
     dir: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 impl PrivateRedis {
     fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, Vec::new())
+    }
+
+    fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut r = Self {
             child: None,
             port,
             dir: dir.to_owned(),
+            extra,
         };
         r.spawn();
         r
@@ -287,6 +335,7 @@ impl PrivateRedis {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -315,6 +364,86 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas) on free loopback
+/// ports, made with `redis-cli --cluster create`; stopped when dropped.
+struct LocalCluster {
+    masters: Vec<PrivateRedis>,
+}
+
+impl LocalCluster {
+    fn start(dir: &Path) -> Self {
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        Self::start_on(dir, &ports)
+    }
+
+    fn start_on(dir: &Path, ports: &[u16]) -> Self {
+        let mut masters = Vec::new();
+        for (i, &port) in ports.iter().enumerate() {
+            let node_dir = dir.join(format!("cluster-{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let extra = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                node_dir.join("nodes.conf").to_str().unwrap().to_owned(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ];
+            masters.push(PrivateRedis::start_with(&node_dir, port, extra));
+        }
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Bounded wait until every master sees the whole cluster.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for m in &masters {
+            while !redis_cli(m.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not form");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { masters }
+    }
+
+    /// The `[engine]` line: two of the three masters as seeds (the third is
+    /// found by the client).
+    fn engine(&self) -> String {
+        let ports: Vec<u16> = self.masters.iter().map(|m| m.port).collect();
+        Self::engine_for(&ports)
+    }
+
+    fn engine_for(ports: &[u16]) -> String {
+        let seeds: Vec<String> = ports[..2]
+            .iter()
+            .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+            .collect();
+        format!("redis_cluster = [{}]", seeds.join(", "))
+    }
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 
@@ -353,7 +482,7 @@ async fn status(http: &reqwest::Client, url: &str) -> u16 {
 async fn while_redis_is_down_publishes_and_ready_are_503_and_the_node_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = PrivateRedis::start(dir.path(), free_port());
-    let (a, b) = two_nodes(dir.path(), &redis.url(), "herald");
+    let (a, b) = two_nodes(dir.path(), &one(&redis.url()), "herald");
     let http = reqwest::Client::new();
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:4", None).await;
     publish_ok(&http, &a.origin, "r:4", &json!(1)).await;
@@ -415,7 +544,24 @@ async fn while_redis_is_down_publishes_and_ready_are_503_and_the_node_recovers_b
 async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(dir.path(), free_port());
-    let (a, b) = two_nodes(dir.path(), &redis.url(), "herald");
+    dropped_pubsub_is_caught_up(&one(&redis.url()), &[redis.port]).await;
+}
+
+/// On a Cluster every shard's pub/sub connection is cut.
+#[tokio::test]
+async fn on_a_cluster_a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_duplicate(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    let ports: Vec<u16> = cluster.masters.iter().map(|m| m.port).collect();
+    dropped_pubsub_is_caught_up(&cluster.engine(), &ports).await;
+}
+
+/// Redis drops node B's pub/sub connections (on every port of `ports`)
+/// three times while publishes go on through node A.
+async fn dropped_pubsub_is_caught_up(engine: &str, ports: &[u16]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), engine, "herald");
     let http = reqwest::Client::new();
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:6", None).await;
     // A user's inbox on node B hears notifications sent through node A.
@@ -450,25 +596,18 @@ async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_du
     assert_eq!(offsets(&mut on_b, 20).await, (1..=20).collect::<Vec<u64>>());
     let mut killed = Vec::new();
     for _ in 0..3 {
-        let out = Command::new("redis-cli")
-            .args([
-                "-p",
-                &redis.port.to_string(),
-                "CLIENT",
-                "KILL",
-                "TYPE",
-                "pubsub",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        killed.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        let mut round = 0;
+        for port in ports {
+            let out = redis_cli(*port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+            round += out.trim().parse::<u32>().unwrap_or(0);
+        }
+        killed.push(round);
         // Spacing only: the assertions below wait for what they need.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     // Node B's (node A subscribes to nothing, so Redis does not count its
-    // connection as pub/sub).
-    assert_eq!(killed[0], "1", "node B's pub/sub connection was dropped");
+    // connections as pub/sub).
+    assert!(killed[0] >= 1, "node B's pub/sub connection was dropped");
     publisher.await.unwrap();
     assert_eq!(
         offsets(&mut on_b, 180).await,
@@ -482,7 +621,8 @@ async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_du
     publish_ok(&http, &a.origin, "r:6", &json!("marker")).await;
     assert_eq!(offsets(&mut on_b, 1).await, vec![201], "nothing twice");
     assert!(
-        b.stderr().contains("redis pub/sub connection lost"),
+        b.stderr().contains("redis pub/sub connection lost")
+            || b.stderr().contains("redis cluster connection was lost"),
         "node B saw its connection drop: {}",
         b.stderr()
     );
@@ -492,19 +632,27 @@ async fn a_dropped_pubsub_connection_is_caught_up_from_history_without_gap_or_du
 /// other node from its cursor and gets every message once.
 #[tokio::test]
 async fn a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
-    client_of_a_stopped_node_resumes_on_the_other("-KILL").await;
+    let prefix = Prefix::new();
+    client_of_a_stopped_node_resumes_on_the_other(&one(SHARED_REDIS), &prefix.0, "-KILL").await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_client_of_a_killed_node_resumes_on_the_other_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    client_of_a_stopped_node_resumes_on_the_other(&cluster.engine(), "herald", "-KILL").await;
 }
 
 /// A rolling deploy: SIGTERM drains node A; its client resumes on node B.
 #[tokio::test]
 async fn a_client_of_a_drained_node_resumes_on_the_other_with_nothing_lost() {
-    client_of_a_stopped_node_resumes_on_the_other("-TERM").await;
+    let prefix = Prefix::new();
+    client_of_a_stopped_node_resumes_on_the_other(&one(SHARED_REDIS), &prefix.0, "-TERM").await;
 }
 
-async fn client_of_a_stopped_node_resumes_on_the_other(signal: &str) {
-    let prefix = Prefix::new();
+async fn client_of_a_stopped_node_resumes_on_the_other(engine: &str, prefix: &str, signal: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let (mut a, b) = two_nodes(dir.path(), engine, prefix);
     let http = reqwest::Client::new();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:7", None).await;
     let publisher = {
@@ -551,7 +699,7 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners() {
     let dir = tempfile::tempdir().unwrap();
     let redis = PrivateRedis::start(dir.path(), free_port());
-    let config = redis_config(dir.path(), "a", &redis.url(), "herald");
+    let config = redis_config(dir.path(), "a", &one(&redis.url()), "herald");
     let node = Proc::start(dir.path(), &["--config", &config]);
     let mut clients = Vec::new();
     for i in 0..40 {
@@ -635,19 +783,30 @@ async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners(
 async fn a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = redis_config(
-        dir.path(),
-        "a",
-        &format!("redis://127.0.0.1:{port}"),
-        "herald",
-    );
+    let engine = one(&format!("redis://127.0.0.1:{port}"));
+    node_starts_before_redis(&engine, || PrivateRedis::start(dir.path(), port)).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+    let engine = LocalCluster::engine_for(&ports);
+    node_starts_before_redis(&engine, || LocalCluster::start_on(dir.path(), &ports)).await;
+}
+
+/// A node whose Redis is not there yet: up (`/health`), not ready, publishes
+/// 503; ready and publishing once `start_redis` has brought Redis up.
+async fn node_starts_before_redis<R>(engine: &str, start_redis: impl FnOnce() -> R) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = redis_config(dir.path(), "a", engine, "herald");
     let node = Proc::start(dir.path(), &["--config", &config]);
     let http = reqwest::Client::new();
     assert_eq!(status(&http, &format!("{}/ready", node.origin)).await, 503);
     assert_eq!(status(&http, &format!("{}/health", node.origin)).await, 200);
     let (code, body) = publish(&http, &node.origin, "r:8", &json!(1)).await;
     assert_eq!(code, 503, "{body}");
-    let _redis = PrivateRedis::start(dir.path(), port);
+    let _redis = start_redis();
     until(Duration::from_secs(15), "/ready is 200", || async {
         status(&http, &format!("{}/ready", node.origin)).await == 200
     })
@@ -664,7 +823,7 @@ async fn a_node_starts_without_redis_and_becomes_ready_when_it_comes_up() {
 async fn any_node_reports_the_whole_cluster_and_a_killed_node_leaves_it() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = Prefix::new();
-    let (a, mut b) = two_nodes(dir.path(), SHARED_REDIS, &prefix.0);
+    let (a, mut b) = two_nodes(dir.path(), &one(SHARED_REDIS), &prefix.0);
     let http = reqwest::Client::new();
     let (on_a, _) = subscriber(&a.ws_url(), "r:cluster", None).await;
     let mut on_b = Vec::new();
@@ -732,4 +891,67 @@ async fn any_node_reports_the_whole_cluster_and_a_killed_node_leaves_it() {
     .await;
     drop(on_a);
     drop(on_b);
+}
+
+/// On a Redis Cluster a publication goes by sharded pub/sub: the channels
+/// are spread over every master (each holds some streams' keys and some
+/// shard channels) and nothing is broadcast on the cluster bus's classic
+/// pub/sub. A batch over many channels keeps each channel's order.
+#[tokio::test]
+async fn on_a_cluster_channels_spread_over_every_master_and_fan_out_is_sharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    let (a, b) = two_nodes(dir.path(), &cluster.engine(), "herald");
+    let http = reqwest::Client::new();
+    let mut subscribers = Vec::new();
+    for i in 0..24 {
+        let (c, _) = subscriber(&b.ws_url(), &format!("r:s{i}"), None).await;
+        subscribers.push(c);
+    }
+    // One batch through node A: three messages to each of the 24 channels.
+    let mut messages = Vec::new();
+    for round in 0..3 {
+        for i in 0..24 {
+            messages.push(json!({
+                "action": "broadcast",
+                "channel": format!("r:s{i}"),
+                "data": { "round": round }
+            }));
+        }
+    }
+    let r = http
+        .post(format!("{}/api/batch", a.origin))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "items": messages }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    for (i, c) in subscribers.iter_mut().enumerate() {
+        let mut rounds = Vec::new();
+        for want in 1..=3u64 {
+            let push = c.next_push().await.unwrap();
+            assert_eq!(push["offset"], want, "channel r:s{i}: {push}");
+            rounds.push(push["data"]["round"].as_u64().unwrap());
+        }
+        assert_eq!(rounds, vec![0, 1, 2], "channel r:s{i} in order");
+    }
+    for m in &cluster.masters {
+        let keys: u64 = redis_cli(m.port, &["DBSIZE"]).trim().parse().unwrap();
+        assert!(keys > 0, "master {} holds some streams", m.port);
+        let shard_channels = redis_cli(m.port, &["PUBSUB", "SHARDCHANNELS"]);
+        assert!(
+            shard_channels.contains("herald:p:{r:s"),
+            "master {} carries some shard channels: {shard_channels:?}",
+            m.port
+        );
+        let classic = redis_cli(m.port, &["PUBSUB", "CHANNELS"]);
+        assert!(
+            classic.trim().is_empty(),
+            "no classic pub/sub on master {}: {classic:?}",
+            m.port
+        );
+    }
 }

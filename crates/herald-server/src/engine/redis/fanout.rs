@@ -17,16 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
-use ::redis::{Client, Msg, Script};
-use futures_util::StreamExt;
+use ::redis::Script;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::Commands;
+use super::pubsub::{Lost, Message, Session};
 use super::{read_history, Naming, CALL_TIMEOUT};
 use crate::engine::{EngineError, FanoutSink, HistoryFrom, Publication};
 
+pub(crate) use super::pubsub::Source;
 pub(crate) use crate::engine::StreamWatcher as Watcher;
 
 /// Messages read per history call when catching up.
@@ -57,7 +58,7 @@ pub(crate) struct Fanout {
     subscribed: AtomicU64,
     stop: CancellationToken,
     naming: Naming,
-    conn: ConnectionManager,
+    conn: Commands,
     history: Script,
     sink: Arc<dyn FanoutSink>,
 }
@@ -84,26 +85,16 @@ impl Watcher for Fanout {
     }
 }
 
-/// Why a pub/sub session ended.
-struct Lost;
-
 impl From<EngineError> for Lost {
     fn from(_: EngineError) -> Self {
         Lost
     }
 }
 
-async fn within<T, E>(call: impl std::future::Future<Output = Result<T, E>>) -> Result<T, Lost> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(v)) => Ok(v),
-        _ => Err(Lost),
-    }
-}
-
 impl Fanout {
     pub(super) fn start(
-        client: Client,
-        conn: ConnectionManager,
+        source: Source,
+        conn: Commands,
         naming: Naming,
         history: Script,
         sink: Arc<dyn FanoutSink>,
@@ -120,7 +111,7 @@ impl Fanout {
             history,
             sink,
         });
-        tokio::spawn(fanout.clone().run(client));
+        tokio::spawn(fanout.clone().run(source));
         fanout
     }
 
@@ -162,20 +153,19 @@ impl Fanout {
     }
 
     /// Connects, serves, and reconnects with backoff until stopped.
-    async fn run(self: Arc<Self>, client: Client) {
+    async fn run(self: Arc<Self>, source: Source) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let connect = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                r = tokio::time::timeout(CALL_TIMEOUT, client.get_async_pubsub()) => r,
+                r = Session::open(&source) => r,
             };
-            if let Ok(Ok(pubsub)) = connect {
+            if let Ok(mut session) = connect {
                 backoff = Duration::from_millis(50);
-                let (mut sink, mut stream) = pubsub.split();
                 // Everything watched must be subscribed and caught up anew.
                 let all: Vec<Arc<str>> = self.watches.lock().keys().cloned().collect();
                 self.dirty.lock().extend(all);
-                let _ = self.serve(&mut sink, &mut stream).await;
+                let _ = self.serve(&mut session).await;
                 self.connected.store(false, Ordering::Release);
                 self.subscribed.store(0, Ordering::Relaxed);
                 for w in self.watches.lock().values() {
@@ -191,24 +181,18 @@ impl Fanout {
         }
     }
 
-    async fn serve(&self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Result<(), Lost> {
+    async fn serve(&self, session: &mut Session) -> Result<(), Lost> {
         let mut subscribed: HashSet<Arc<str>> = HashSet::new();
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         loop {
-            self.settle(sink, &mut subscribed).await?;
+            self.settle(session, &mut subscribed).await?;
             self.connected.store(true, Ordering::Release);
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = self.changed.notified() => {}
-                msg = stream.next() => match msg {
-                    Some(msg) => self.on_message(msg).await?,
-                    None => return Err(Lost),
-                },
-                _ = ping.tick() => {
-                    // In subscribed mode the answer is an array, not PONG.
-                    within(sink.ping::<::redis::Value>()).await?;
-                }
+                msg = session.next() => self.on_message(msg?).await?,
+                _ = ping.tick() => session.ping().await?,
             }
         }
     }
@@ -217,7 +201,7 @@ impl Fanout {
     /// subscribed (or re-subscribed) streams are caught up from history.
     async fn settle(
         &self,
-        sink: &mut PubSubSink,
+        session: &mut Session,
         subscribed: &mut HashSet<Arc<str>>,
     ) -> Result<(), Lost> {
         let dirty: Vec<Arc<str>> = std::mem::take(&mut *self.dirty.lock())
@@ -244,7 +228,7 @@ impl Fanout {
         let requeue = |streams: &[Arc<str>]| self.dirty.lock().extend(streams.iter().cloned());
         for chunk in add.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|s| self.naming.channel(s)).collect();
-            if within(sink.subscribe(&channels)).await.is_err() {
+            if session.subscribe(&channels).await.is_err() {
                 requeue(&add);
                 requeue(&catch_up);
                 return Err(Lost);
@@ -253,7 +237,7 @@ impl Fanout {
         }
         for chunk in remove.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|s| self.naming.channel(s)).collect();
-            within(sink.unsubscribe(&channels)).await?;
+            session.unsubscribe(&channels).await?;
             for s in chunk {
                 subscribed.remove(s);
             }
@@ -371,11 +355,11 @@ impl Fanout {
     }
 
     /// One publication from pub/sub: `"<epoch> <offset> <ts> <data>"`.
-    async fn on_message(&self, msg: Msg) -> Result<(), Lost> {
-        let Some(stream) = self.naming.stream_of(msg.get_channel_name()) else {
+    async fn on_message(&self, msg: Message) -> Result<(), Lost> {
+        let Some(stream) = self.naming.stream_of(&msg.channel) else {
             return Ok(());
         };
-        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+        let Ok(payload) = std::str::from_utf8(&msg.payload) else {
             return Ok(());
         };
         let mut parts = payload.splitn(4, ' ');

@@ -12,20 +12,30 @@
 //!
 //! Connections per node: one multiplexed command connection (the manager)
 //! and one pub/sub connection, whatever the number of channels or clients.
+//!
+//! On a Redis Cluster (`engine.redis_cluster`) the same holds per master:
+//! a stream's keys and pub/sub channel share its hash tag, so a publish
+//! script runs on the master of the stream's slot and publishes there with
+//! `SPUBLISH` (sharded pub/sub, Redis 7): a publication travels to the
+//! nodes subscribed on that shard, not to every shard of the cluster.
 
+mod conn;
 mod fanout;
+mod pubsub;
 mod scripts;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Script, Value};
 use async_trait::async_trait;
 
 use super::*;
 use crate::ids::{random_token, unix_millis};
 
+use conn::Commands;
+pub use conn::RedisTarget;
 pub(crate) use fanout::Watcher;
 
 /// How long any one Redis call may take before the engine reports failure
@@ -95,7 +105,7 @@ impl Naming {
 
 /// Several nodes sharing one Redis.
 pub struct RedisEngine {
-    conn: ConnectionManager,
+    conn: Commands,
     naming: Naming,
     publish: Script,
     history: Script,
@@ -137,27 +147,33 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisEngine {
-    /// An engine on `url` under key prefix `prefix`. Connects lazily, so a
-    /// node starts while Redis is down and becomes ready when it is up.
+    /// An engine on `target` under key prefix `prefix`. Connects lazily, so
+    /// a node starts while Redis is down and becomes ready when it is up.
     /// Call inside a Tokio runtime: the connections run as tasks.
-    pub fn new(url: &str, prefix: &str, sink: Arc<dyn FanoutSink>) -> Result<Self, EngineError> {
-        let client = ::redis::Client::open(url).map_err(engine_error)?;
-        // Few, quick retries: while Redis is down a publish should fail
-        // fast (503) rather than hold the request; the next call tries again.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(CALL_TIMEOUT));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(engine_error)?;
+    pub fn new(
+        target: RedisTarget<'_>,
+        prefix: &str,
+        sink: Arc<dyn FanoutSink>,
+    ) -> Result<Self, EngineError> {
         let naming = Naming {
             prefix: prefix.into(),
         };
         let history = Script::new(scripts::HISTORY);
+        let (conn, source) = match target {
+            RedisTarget::One(url) => {
+                let client = ::redis::Client::open(url).map_err(engine_error)?;
+                (
+                    Commands::one(client.clone())?,
+                    fanout::Source::One(Box::new(client)),
+                )
+            }
+            RedisTarget::Cluster(seeds) => (
+                Commands::cluster(seeds)?,
+                fanout::Source::Cluster(seeds.to_vec()),
+            ),
+        };
         let fanout =
-            fanout::Fanout::start(client, conn.clone(), naming.clone(), history.clone(), sink);
+            fanout::Fanout::start(source, conn.clone(), naming.clone(), history.clone(), sink);
         Ok(Self {
             conn,
             naming,
@@ -189,15 +205,57 @@ impl RedisEngine {
 
     /// A batch as pipelines of EVALSHA (one round trip per
     /// [`PIPELINE_CHUNK`] messages rather than per message). The script is
-    /// loaded first, so EVALSHA finds it; a Redis that restarted in between
-    /// breaks the connection, which fails the call before anything of the
-    /// chunk ran.
+    /// loaded first (on every master of a Cluster), so EVALSHA finds it; a
+    /// Redis that restarted in between breaks the connection, which fails
+    /// the call before anything of the chunk ran.
+    ///
+    /// On a Cluster a pipeline may only hold one slot's commands, so the
+    /// batch goes as one series of pipelines per stream, the streams side
+    /// by side; each stream's messages keep their order.
     async fn publish_pipelined(
         &self,
         requests: Vec<PublishRequest>,
     ) -> Result<Vec<Outcome>, EngineError> {
         let mut conn = self.conn.clone();
         bounded(self.publish.load_async(&mut conn)).await?;
+        if !self.conn.sharded() {
+            return self.publish_in_order(requests).await;
+        }
+        let count = requests.len();
+        let mut by_stream: HashMap<Arc<str>, Vec<(usize, PublishRequest)>> = HashMap::new();
+        for (i, req) in requests.into_iter().enumerate() {
+            by_stream
+                .entry(req.stream.clone())
+                .or_default()
+                .push((i, req));
+        }
+        let mut slots: Vec<Option<Outcome>> = (0..count).map(|_| None).collect();
+        let groups: Vec<Vec<(usize, PublishRequest)>> = by_stream.into_values().collect();
+        let mut groups = groups.into_iter().peekable();
+        while groups.peek().is_some() {
+            let mut wave = Vec::with_capacity(STREAMS_AT_ONCE);
+            for group in groups.by_ref().take(STREAMS_AT_ONCE) {
+                let (index, reqs): (Vec<usize>, Vec<PublishRequest>) = group.into_iter().unzip();
+                wave.push(async move { (index, self.publish_in_order(reqs).await) });
+            }
+            for (index, outcomes) in futures_util::future::join_all(wave).await {
+                for (i, outcome) in index.into_iter().zip(outcomes?) {
+                    slots[i] = Some(outcome);
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .map(|o| o.ok_or_else(|| EngineError("redis: a batch message got no answer".into())))
+            .collect()
+    }
+
+    /// `requests` as pipelines of EVALSHA, in order (the script is loaded).
+    async fn publish_in_order(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
@@ -254,6 +312,11 @@ impl RedisEngine {
             names.channel.into_bytes(),
             number(key_ttl),
             number(ttl.saturating_add(millis(META_GRACE))),
+            if self.conn.sharded() {
+                b"SPUBLISH".to_vec()
+            } else {
+                b"PUBLISH".to_vec()
+            },
         ];
         (keys, args)
     }
@@ -261,6 +324,8 @@ impl RedisEngine {
 
 /// Messages per pipeline of a batch publish.
 const PIPELINE_CHUNK: usize = 100;
+/// Streams of one batch published side by side on a Cluster.
+const STREAMS_AT_ONCE: usize = 16;
 
 fn publication(
     req: PublishRequest,
@@ -278,7 +343,7 @@ fn publication(
 /// Reads a history page through the `HISTORY` script (also used by the
 /// fan-out to fill gaps).
 async fn read_history(
-    conn: &ConnectionManager,
+    conn: &Commands,
     script: &Script,
     naming: &Naming,
     stream: &str,

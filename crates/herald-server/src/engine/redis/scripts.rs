@@ -15,7 +15,9 @@
 /// KEYS: meta (hash: `epoch`, `top`, `ts`), log (list), idempotency key
 /// (only when the publish carries one).
 /// ARGV: data, history size, ttl ms, now ms, an epoch to use if the stream
-/// has none, the pub/sub channel, idempotency ttl ms, meta ttl ms.
+/// has none, the pub/sub channel, idempotency ttl ms, meta ttl ms, and
+/// `PUBLISH` or (on a Cluster, where the channel is in the keys' slot)
+/// `SPUBLISH`.
 ///
 /// Returns `{1, offset, ts, epoch}` for a new message, or
 /// `{0, offset, ts, epoch}` when the idempotency key already answered.
@@ -54,7 +56,7 @@ redis.call('PEXPIRE', meta, ARGV[8])
 if KEYS[3] then
   redis.call('SET', KEYS[3], ftop .. ' ' .. fts .. ' ' .. epoch, 'PX', ARGV[7])
 end
-redis.call('PUBLISH', ARGV[6], epoch .. ' ' .. ftop .. ' ' .. fts .. ' ' .. ARGV[1])
+redis.call(ARGV[9], ARGV[6], epoch .. ' ' .. ftop .. ' ' .. fts .. ' ' .. ARGV[1])
 return {1, top, ts, epoch}
 "#;
 

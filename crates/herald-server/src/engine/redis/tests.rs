@@ -37,7 +37,7 @@ impl Drop for Prefix {
 async fn redis_engine_contract() {
     let prefix = Prefix::new();
     let sink = Arc::new(Recorder::default());
-    let engine = RedisEngine::new(URL, &prefix.0, sink.clone()).unwrap();
+    let engine = RedisEngine::new(RedisTarget::One(URL), &prefix.0, sink.clone()).unwrap();
     let watcher = engine.watcher();
     // Delivery comes through pub/sub, so the recorder hears only what this
     // node watches; the contract expects every stream it publishes to.
@@ -70,8 +70,18 @@ fn keyed(stream: &str, data: &str, key: &str) -> PublishRequest {
 #[tokio::test]
 async fn an_idempotency_key_answers_the_original_on_every_node() {
     let prefix = Prefix::new();
-    let a = RedisEngine::new(URL, &prefix.0, Arc::new(Recorder::default())).unwrap();
-    let b = RedisEngine::new(URL, &prefix.0, Arc::new(Recorder::default())).unwrap();
+    let a = RedisEngine::new(
+        RedisTarget::One(URL),
+        &prefix.0,
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let b = RedisEngine::new(
+        RedisTarget::One(URL),
+        &prefix.0,
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
     let first = a.publish(vec![keyed("#u1", "1", "order-7")]).await.unwrap();
     let first = first[0].as_ref().unwrap();
     let again = b.publish(vec![keyed("#u1", "1", "order-7")]).await.unwrap();
@@ -102,7 +112,7 @@ async fn an_idempotency_key_answers_the_original_on_every_node() {
 async fn a_gap_in_pubsub_is_filled_from_history_and_repeats_are_dropped() {
     let prefix = Prefix::new();
     let sink = Arc::new(Recorder::default());
-    let engine = RedisEngine::new(URL, &prefix.0, sink.clone()).unwrap();
+    let engine = RedisEngine::new(RedisTarget::One(URL), &prefix.0, sink.clone()).unwrap();
     let stream: Arc<str> = "g".into();
     engine.watcher().watch(&stream);
     engine.listening("g").await.unwrap();
@@ -132,7 +142,8 @@ async fn a_gap_in_pubsub_is_filled_from_history_and_repeats_are_dropped() {
             .arg("unused")
             .arg(format!("{}:nowhere", prefix.0))
             .arg(1)
-            .arg(7_200_000);
+            .arg(7_200_000)
+            .arg("PUBLISH");
         let _: Value = call.invoke_async(&mut conn).await.unwrap();
     }
     engine.publish(vec![request("4")]).await.unwrap();
@@ -160,7 +171,12 @@ async fn a_gap_in_pubsub_is_filled_from_history_and_repeats_are_dropped() {
 #[tokio::test]
 async fn a_sweep_keeps_watched_streams_alive() {
     let prefix = Prefix::new();
-    let engine = RedisEngine::new(URL, &prefix.0, Arc::new(Recorder::default())).unwrap();
+    let engine = RedisEngine::new(
+        RedisTarget::One(URL),
+        &prefix.0,
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
     let watched: Arc<str> = "w".into();
     engine.watcher().watch(&watched);
     engine.listening("w").await.unwrap();
