@@ -84,7 +84,7 @@ export function defaultApiUrl(url: string): string {
 }
 
 /** Closes whose reconnect the spec forbids when the server sent no `disconnect`. */
-const FINAL_CLOSE = new Set([1000, 1009, 4001])
+const FINAL_CLOSE = new Set([1000, 1009, 4001, 4007])
 
 export class RealtimeClient {
   protected readonly options: Required<

@@ -60,6 +60,8 @@ pub enum CloseCode {
     TokenExpired = 4005,
     /// Connection limit reached, per user or in total.
     ConnectionLimit = 4006,
+    /// Disconnected by an operator (the admin API).
+    Operator = 4007,
 }
 
 impl CloseCode {
@@ -72,7 +74,7 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Self::Normal | Self::FrameTooLarge | Self::Unauthorized
+            Self::Normal | Self::FrameTooLarge | Self::Unauthorized | Self::Operator
         )
     }
 
@@ -88,6 +90,7 @@ impl CloseCode {
             Self::Abuse => "too many bad or rate-limited commands",
             Self::TokenExpired => "token expired",
             Self::ConnectionLimit => "connection limit reached",
+            Self::Operator => "disconnected by an operator",
         }
     }
 }

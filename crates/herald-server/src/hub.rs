@@ -178,6 +178,7 @@ impl Conn {
                 4003 => CloseCode::SlowConsumer,
                 4004 => CloseCode::Abuse,
                 4006 => CloseCode::ConnectionLimit,
+                4007 => CloseCode::Operator,
                 _ => CloseCode::Shutdown,
             }),
         }
@@ -392,6 +393,63 @@ impl Hub {
     /// Channel subscriptions and inbox listeners.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Channels with local subscribers, most subscribers first, at most
+    /// `limit` of them, and how many there are in all. A scan of every
+    /// shard: for the admin API, not for any hot path.
+    pub fn busiest_channels(&self, limit: usize) -> (usize, Vec<(Arc<str>, usize)>) {
+        let mut all: Vec<(Arc<str>, usize)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read();
+            all.extend(
+                shard
+                    .streams
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(INBOX_PREFIX))
+                    .map(|(k, subs)| (k.clone(), subs.len())),
+            );
+        }
+        let total = all.len();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        (total, all)
+    }
+
+    /// Local subscribers of `stream`.
+    pub fn subscriber_count(&self, stream: &str) -> usize {
+        self.shard(stream)
+            .read()
+            .streams
+            .get(stream)
+            .map_or(0, Vec::len)
+    }
+
+    /// The channels each of `conns` subscribes to (inboxes left out), at
+    /// most `limit` each. A scan of every shard: for the admin API only.
+    pub fn channels_of(&self, conns: &[u64], limit: usize) -> HashMap<u64, Vec<Arc<str>>> {
+        let mut out: HashMap<u64, Vec<Arc<str>>> = HashMap::new();
+        if conns.is_empty() {
+            return out;
+        }
+        for shard in &self.shards {
+            let shard = shard.read();
+            for (stream, subs) in &shard.streams {
+                if stream.starts_with(INBOX_PREFIX) {
+                    continue;
+                }
+                for c in subs.iter().filter(|c| conns.contains(&c.id)) {
+                    let list = out.entry(c.id).or_default();
+                    if list.len() < limit {
+                        list.push(stream.clone());
+                    }
+                }
+            }
+        }
+        for list in out.values_mut() {
+            list.sort_unstable();
+        }
+        out
     }
 
     fn deliver_one(&self, p: &Publication) {

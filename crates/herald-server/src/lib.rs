@@ -30,6 +30,7 @@ pub mod server;
 mod session;
 pub mod tls;
 pub mod transport;
+pub mod users;
 mod write_deadline;
 
 /// Internals exposed for the fuzz targets only; not an API.

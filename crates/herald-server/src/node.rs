@@ -11,7 +11,6 @@ use std::time::Instant;
 use herald_protocol::{
     namespace_of, validate_channel, validate_user_id, CommandError, Cursor, ErrorCode,
 };
-use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ use crate::engine::{
     PublishRequest, RedisEngine, RedisTarget, Refusal, Retention, StoredKey, StoredMessage,
     SweepReport,
 };
-use crate::hub::{inbox_key, Hub, INBOX_PREFIX};
+use crate::hub::{inbox_key, Conn, Hub, INBOX_PREFIX};
 use crate::idempotency::{self, Claim, IdempotencyKeys, Owner, Receipt};
 use crate::ids::random_token;
 use crate::metrics::Metrics;
@@ -173,19 +172,14 @@ pub struct Stats {
 pub struct SessionSlot {
     node: Arc<Node>,
     user: Option<String>,
+    conn: u64,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(user) = &self.user {
-            let mut per_user = self.node.per_user.lock();
-            if let Some(n) = per_user.get_mut(user) {
-                *n -= 1;
-                if *n == 0 {
-                    per_user.remove(user);
-                }
-            }
+            self.node.users.remove(user, self.conn);
         }
     }
 }
@@ -212,7 +206,8 @@ pub struct Node {
     tracker: TaskTracker,
     next_conn: AtomicU64,
     connections: AtomicUsize,
-    per_user: Mutex<HashMap<String, usize>>,
+    /// Each user's sessions on this node.
+    pub(crate) users: crate::users::UserSessions,
     connection_ceiling: AtomicU64,
 }
 
@@ -337,7 +332,7 @@ impl Node {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
-            per_user: Mutex::new(HashMap::new()),
+            users: Default::default(),
             connection_ceiling: AtomicU64::new(0),
         }))
     }
@@ -439,8 +434,13 @@ impl Node {
         }
     }
 
-    /// Takes a connection slot for `user`, or says which limit refused it.
-    pub fn open_session(self: &Arc<Self>, user: Option<&str>) -> Result<SessionSlot, CommandError> {
+    /// Takes a connection slot for session `conn` of `user`, or says which
+    /// limit refused it.
+    pub fn open_session(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        conn: &Arc<Conn>,
+    ) -> Result<SessionSlot, CommandError> {
         let limits = &self.config.limits;
         if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -450,21 +450,18 @@ impl Node {
             ));
         }
         if let Some(user) = user {
-            let mut per_user = self.per_user.lock();
-            let n = per_user.entry(user.to_owned()).or_insert(0);
-            if *n >= limits.max_connections_per_user {
-                drop(per_user);
+            if !self.users.add(user, conn, limits.max_connections_per_user) {
                 self.connections.fetch_sub(1, Ordering::AcqRel);
                 return Err(CommandError::new(
                     ErrorCode::LimitExceeded,
                     "too many connections for this user",
                 ));
             }
-            *n += 1;
         }
         Ok(SessionSlot {
             node: self.clone(),
             user: user.map(str::to_owned),
+            conn: conn.id,
         })
     }
 
@@ -914,6 +911,20 @@ impl Node {
             .inspect_err(|_| {
                 self.metrics.engine_errors.inc();
             })
+    }
+
+    /// The newest `n` messages of `stream` (at most `limits.max_page_bytes`
+    /// of data), for the admin API.
+    pub async fn recent_history(
+        &self,
+        stream: &str,
+        n: usize,
+    ) -> Result<crate::engine::HistoryPage, EngineError> {
+        let head = self
+            .history(stream, HistoryFrom::AfterOffset(u64::MAX), 0, 0)
+            .await?;
+        let from = head.top.saturating_sub(n as u64);
+        self.page(stream, HistoryFrom::AfterOffset(from), n).await
     }
 
     /// Current status (the seed's `getStats`).

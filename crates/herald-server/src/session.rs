@@ -439,7 +439,7 @@ impl Session {
                 return self.refuse(id, &e, CloseCode::Unauthorized).await;
             }
         };
-        match self.node.open_session(identity.user.as_deref()) {
+        match self.node.open_session(identity.user.as_deref(), &self.conn) {
             Ok(slot) => self.slot = Some(slot),
             Err(e) => return self.refuse(id, &e, CloseCode::ConnectionLimit).await,
         }

@@ -32,7 +32,7 @@ const ENVELOPE_SLACK: usize = 4096;
 /// The idempotency key header of the single-publish endpoints.
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_api_key(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers)? {
         Some(key) if node.auth.is_api_key(key) => Ok(()),
         Some(_) => Err(ApiError::unauthorized("invalid API key")),

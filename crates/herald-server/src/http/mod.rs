@@ -1,6 +1,7 @@
 //! The HTTP surface (SPEC §5): server API, polling, operations, the demo page,
 //! and the WebSocket upgrade, in one axum router.
 
+mod admin;
 pub(crate) mod api;
 mod batch_body;
 pub mod error;
@@ -77,6 +78,17 @@ pub fn router(node: Arc<Node>) -> Router {
             post(api::notify_user).layer(publish.clone()),
         )
         .route("/api/batch", post(api::batch).layer(publish.clone()));
+    let admin = Router::new()
+        .route("/admin", get(admin::page))
+        .route("/api/admin/overview", get(admin::overview))
+        .route("/api/admin/channels", get(admin::channels))
+        .route("/api/admin/channels/{channel}", get(admin::channel))
+        .route("/api/admin/users/{user}", get(admin::user))
+        .route(
+            "/api/admin/users/{user}/disconnect",
+            post(admin::disconnect),
+        )
+        .route_layer(short.clone());
     let polls = Router::new()
         .route("/api/venues/updates", get(poll::venue_updates))
         .route("/api/venues/{venue}/updates", get(poll::venue))
@@ -94,6 +106,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(ops)
         .merge(publishes)
+        .merge(admin)
         .merge(polls)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

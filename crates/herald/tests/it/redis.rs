@@ -821,9 +821,20 @@ async fn node_starts_before_redis<R>(engine: &str, start_redis: impl FnOnce() ->
 /// stops announcing (issue 8.6).
 #[tokio::test]
 async fn any_node_reports_the_whole_cluster_and_a_killed_node_leaves_it() {
-    let dir = tempfile::tempdir().unwrap();
     let prefix = Prefix::new();
-    let (a, mut b) = two_nodes(dir.path(), &one(SHARED_REDIS), &prefix.0);
+    whole_cluster_view(&one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_any_node_reports_the_whole_cluster_and_a_killed_node_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    whole_cluster_view(&cluster.engine(), "herald").await;
+}
+
+async fn whole_cluster_view(engine: &str, prefix: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = two_nodes(dir.path(), engine, prefix);
     let http = reqwest::Client::new();
     let (on_a, _) = subscriber(&a.ws_url(), "r:cluster", None).await;
     let mut on_b = Vec::new();
