@@ -20,14 +20,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
-# promtool and nginx validate deploy/ (Debian's packages); their services
-# must not start, so policy-rc.d refuses that for the install.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
-  say "installing prometheus (promtool) and nginx"
+# promtool, nginx and docker-compose (v1, for its schema check) validate
+# deploy/ (Debian's packages); their services must not start, so
+# policy-rc.d refuses that for the install.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
+  say "installing prometheus (promtool), nginx and docker-compose"
   sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
   sudo_if apt-get update -qq
-  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx >/dev/null
+  sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx docker-compose >/dev/null
   sudo_if rm -f /usr/sbin/policy-rc.d
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
