@@ -38,6 +38,7 @@ api_keys = ["$KEY"]
 allow_anonymous = true
 [limits]
 max_connections_per_ip = 1000000
+max_connections_per_user = 100000
 [engine]
 kind = "redis"
 redis_cluster = [${SEEDS%,}]

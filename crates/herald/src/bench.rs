@@ -15,7 +15,7 @@ use herald_client::Client;
 use serde_json::json;
 
 /// Most connections one fan-out run opens (the process's file limit is 20,000).
-const MAX_SUBSCRIBERS: usize = 19_000;
+pub(crate) const MAX_SUBSCRIBERS: usize = 19_000;
 /// Longest run.
 const MAX_DURATION: Duration = Duration::from_secs(600);
 
@@ -26,25 +26,25 @@ pub(crate) struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
-struct Common {
+pub(crate) struct Common {
     /// The server's HTTP origin.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// API key (default: dev mode's herald-data/dev.env).
     #[arg(long, env = "HERALD_API_KEY")]
-    api_key: Option<String>,
+    pub(crate) api_key: Option<String>,
     /// How long to run, e.g. 10s.
     #[arg(long, default_value = "10s")]
-    duration: String,
+    pub(crate) duration: String,
     /// Channel to use.
     #[arg(long, default_value = "bench")]
-    channel: String,
+    pub(crate) channel: String,
     /// Bytes of padding in each message's data.
     #[arg(long, default_value_t = 64)]
-    payload: usize,
+    pub(crate) payload: usize,
     /// The server's process id, to measure its CPU time per operation.
     #[arg(long)]
-    server_pid: Option<u32>,
+    pub(crate) server_pid: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +90,29 @@ enum Scenario {
         #[arg(long)]
         publish_url: Option<String>,
     },
+    /// A reconnect storm: subscribers on one channel all lose their
+    /// sockets at once while publishing continues, then all reconnect and
+    /// resume from their cursors; reports the time until every one is
+    /// caught up, messages lost (must be 0), server CPU and peak memory.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// WebSocket subscribers.
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Publishes per second, before, during and after the storm.
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+        /// Publishing before the cut, e.g. 3s.
+        #[arg(long, default_value = "3s")]
+        before: String,
+        /// Longest wait for every subscriber to catch up, e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        within: String,
+        /// Client token for `connect` (default: dev mode's `user`).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Idle connected sockets, each subscribed to one channel; reports the
     /// server's memory per connection (needs --server-pid).
     Idle {
@@ -107,6 +130,28 @@ enum Scenario {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     match args.scenario {
+        Scenario::Storm {
+            common,
+            subscribers,
+            rate,
+            before,
+            within,
+            token,
+        } => {
+            let before = humantime::parse_duration(&before).context("--before")?;
+            let within = humantime::parse_duration(&within).context("--within")?;
+            crate::storm::run(
+                &common,
+                crate::storm::Storm {
+                    subscribers,
+                    rate,
+                    before,
+                    within,
+                    token,
+                },
+            )
+            .await
+        }
         Scenario::Publish { common, clients } => publish(&common, clients, 1).await,
         Scenario::Batch {
             common,
@@ -149,7 +194,7 @@ fn duration(common: &Common) -> Result<Duration> {
     Ok(d)
 }
 
-fn api_key(common: &Common) -> Result<String> {
+pub(crate) fn api_key(common: &Common) -> Result<String> {
     match &common.api_key {
         Some(k) => Ok(k.clone()),
         None => crate::dev::read_env(&crate::default_data_dir())
@@ -161,7 +206,7 @@ fn api_key(common: &Common) -> Result<String> {
     }
 }
 
-fn micros_now() -> u64 {
+pub(crate) fn micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -169,7 +214,7 @@ fn micros_now() -> u64 {
 }
 
 /// CPU time (user + system) a process has used, from /proc.
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at ')'.
     let rest = stat.rsplit_once(')')?.1;
@@ -179,7 +224,7 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -275,7 +320,7 @@ async fn publish(common: &Common, clients: usize, batch: usize) -> Result<()> {
 
 /// Finds `"t":<digits>` in a frame without parsing it all: the load
 /// generator must not be the bottleneck it measures.
-fn sent_at(frame: &str) -> Option<u64> {
+pub(crate) fn sent_at(frame: &str) -> Option<u64> {
     let start = frame.find("\"t\":")? + 4;
     let digits: &str = &frame[start..];
     let end = digits
@@ -284,7 +329,7 @@ fn sent_at(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-fn offset_of(frame: &str) -> Option<u64> {
+pub(crate) fn offset_of(frame: &str) -> Option<u64> {
     let start = frame.find("\"offset\":")? + 9;
     let digits = &frame[start..];
     let end = digits
@@ -462,7 +507,7 @@ async fn fanout(
 }
 
 /// Resident memory of a process, from /proc.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()

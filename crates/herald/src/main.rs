@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod dev;
 mod publish;
+mod storm;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
