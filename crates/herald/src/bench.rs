@@ -45,6 +45,93 @@ pub(crate) struct Common {
     /// The server's process id, to measure its CPU time per operation.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
+    /// The wire protocol: Herald's, or Socket.IO's (for the Socket.IO peer
+    /// server of bench/peers, fanout and idle only).
+    #[arg(long, value_enum, default_value = "herald")]
+    pub(crate) protocol: Protocol,
+}
+
+/// What the load generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Protocol {
+    Herald,
+    /// Engine.IO 4 over a WebSocket: `40` to join the namespace, then
+    /// `42["subscribe", channel]`, answered by `42["subscribed", {cursor}]`;
+    /// messages arrive as `42["message", {…Herald's fields…}]`.
+    Socketio,
+}
+
+/// A client of `common.url` subscribed to `channel`, and the offset it
+/// starts from. `user` names it where no token is given (dev mode).
+async fn join(
+    url: &str,
+    protocol: Protocol,
+    channel: &str,
+    token: Option<&str>,
+    user: &str,
+) -> Result<(Client, u64)> {
+    let base = url.replacen("http", "ws", 1);
+    match protocol {
+        Protocol::Herald => {
+            let mut c = Client::open(&format!("{base}/ws")).await?;
+            c.timeout = Duration::from_secs(30);
+            let connect = match token {
+                Some(t) => json!({"type": "connect", "token": t}),
+                None => json!({"type": "connect", "user": user}),
+            };
+            let reply = c.request(connect).await?;
+            if reply["type"] != "connected" {
+                bail!("connect refused: {reply}");
+            }
+            let reply = c.subscribe(channel, None).await?;
+            if reply["type"] != "subscribed" {
+                bail!("subscribe refused: {reply}");
+            }
+            let last = reply["cursor"]
+                .as_str()
+                .and_then(|s| s.rsplit(':').next())
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0u64);
+            Ok((c, last))
+        }
+        Protocol::Socketio => {
+            let mut c =
+                Client::open(&format!("{base}/socket.io/?EIO=4&transport=websocket")).await?;
+            c.timeout = Duration::from_secs(30);
+            c.auto_pong = false;
+            let open = c.next_raw().await?;
+            if !open.starts_with('0') {
+                bail!("no Engine.IO open packet: {open}");
+            }
+            c.send_text("40").await?;
+            while !c.next_raw().await?.starts_with("40") {}
+            c.send_text(
+                &json!(["subscribe", channel])
+                    .to_string()
+                    .replacen('[', "42[", 1),
+            )
+            .await?;
+            loop {
+                let frame = c.next_raw().await?;
+                if frame.starts_with(r#"42["subscribed""#) {
+                    let last = frame
+                        .split("\"cursor\":\"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .and_then(|cursor| cursor.rsplit(':').next())
+                        .and_then(|o| o.parse().ok())
+                        .unwrap_or(0);
+                    return Ok((c, last));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a frame is a published message, in either protocol.
+fn is_message(frame: &str) -> bool {
+    frame.starts_with(r#"{"type":"message""#)
+        || frame.starts_with(r#"42["message",{"type":"message""#)
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +212,9 @@ enum Scenario {
         /// allocator returns freed handshake buffers over some seconds).
         #[arg(long, default_value = "15s")]
         settle: String,
+        /// Client token for `connect` (default: dev mode's `user`).
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -178,10 +268,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             common,
             connections,
             settle,
+            token,
         } => {
             let settle =
                 humantime::parse_duration(&settle).context("--settle is not a duration")?;
-            idle(&common, connections, settle.min(MAX_DURATION)).await
+            idle(&common, connections, settle.min(MAX_DURATION), token).await
         }
     }
 }
@@ -355,14 +446,14 @@ async fn fanout(
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let run_for = duration(common)?;
     let key = api_key(common)?;
-    let ws_url = format!("{}/ws", common.url.replacen("http", "ws", 1));
+    let protocol = common.protocol;
     let done = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers);
     let mut tasks = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        let (ws_url, channel, token, done, received, ready_tx) = (
-            ws_url.clone(),
+        let (url, channel, token, done, received, ready_tx) = (
+            common.url.clone(),
             common.channel.clone(),
             token.clone(),
             done.clone(),
@@ -370,32 +461,23 @@ async fn fanout(
             ready_tx.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::open(&ws_url).await?;
-            c.timeout = Duration::from_secs(30);
-            let connect = match &token {
-                Some(t) => json!({"type": "connect", "token": t}),
-                None => json!({"type": "connect", "user": format!("bench-{i}")}),
-            };
-            let reply = c.request(connect).await?;
-            if reply["type"] != "connected" {
-                bail!("connect refused: {reply}");
-            }
-            let reply = c.subscribe(&channel, None).await?;
-            if reply["type"] != "subscribed" {
-                bail!("subscribe refused: {reply}");
-            }
-            let mut last = reply["cursor"]
-                .as_str()
-                .and_then(|s| s.rsplit(':').next())
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(0u64);
+            let (mut c, mut last) = join(
+                &url,
+                protocol,
+                &channel,
+                token.as_deref(),
+                &format!("bench-{i}"),
+            )
+            .await?;
             let _ = ready_tx.send(()).await;
             let mut latencies = Vec::new();
             let mut gaps = 0u64;
             c.timeout = Duration::from_secs(5);
             while !done.load(Ordering::Relaxed) {
                 match c.next_raw().await {
-                    Ok(text) if text.starts_with(r#"{"type":"message""#) => {
+                    // Engine.IO's heartbeat: its ping is `2`, the answer `3`.
+                    Ok(text) if text == "2" => c.send_text("3").await?,
+                    Ok(text) if is_message(&text) => {
                         if let Some(t) = sent_at(&text) {
                             latencies.push(micros_now().saturating_sub(t));
                         }
@@ -409,7 +491,7 @@ async fn fanout(
                     }
                     Ok(_) => {}
                     Err(herald_client::Error::Timeout(_)) => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(anyhow::Error::from(e)),
                 }
             }
             Ok((latencies, gaps))
@@ -520,7 +602,12 @@ pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-async fn idle(common: &Common, connections: usize, settle: Duration) -> Result<()> {
+async fn idle(
+    common: &Common,
+    connections: usize,
+    settle: Duration,
+    token: Option<String>,
+) -> Result<()> {
     if connections == 0 || connections > MAX_SUBSCRIBERS {
         bail!("--connections must be 1 to {MAX_SUBSCRIBERS}");
     }
@@ -528,7 +615,6 @@ async fn idle(common: &Common, connections: usize, settle: Duration) -> Result<(
         .server_pid
         .context("idle needs --server-pid to read the server's memory")?;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let ws_url = format!("{}/ws", common.url.replacen("http", "ws", 1));
     let before = rss_bytes(pid).context("cannot read the server's memory")?;
     let started = Instant::now();
     let mut clients = Vec::with_capacity(connections);
@@ -536,13 +622,22 @@ async fn idle(common: &Common, connections: usize, settle: Duration) -> Result<(
     for chunk in 0..connections.div_ceil(100) {
         let mut opening = Vec::new();
         for i in chunk * 100..((chunk + 1) * 100).min(connections) {
-            let (ws_url, channel) = (ws_url.clone(), format!("{}:{}", common.channel, i % 100));
+            let (url, protocol, channel, token) = (
+                common.url.clone(),
+                common.protocol,
+                format!("{}:{}", common.channel, i % 100),
+                token.clone(),
+            );
             opening.push(tokio::spawn(async move {
-                let mut c = Client::open(&ws_url).await?;
-                c.request(json!({"type": "connect", "user": format!("idle-{i}")}))
-                    .await?;
-                c.subscribe(&channel, None).await?;
-                Ok::<_, herald_client::Error>(c)
+                let (c, _) = join(
+                    &url,
+                    protocol,
+                    &channel,
+                    token.as_deref(),
+                    &format!("idle-{i}"),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(c)
             }));
         }
         for o in opening {
