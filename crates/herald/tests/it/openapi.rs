@@ -101,6 +101,54 @@ async fn openapi_describes_every_route() {
     }
 }
 
+/// Who may read the description: outside dev mode any page (CORS allows
+/// every origin); in dev mode, like every other path, local pages and
+/// non-browser clients only (SECURITY.md, dev mode).
+#[tokio::test]
+async fn openapi_is_readable_where_the_rest_of_the_api_is() {
+    let http = reqwest::Client::new();
+    let get = |origin: String, page: Option<&'static str>| {
+        let mut request = http.get(format!("{origin}/api/openapi.json"));
+        if let Some(page) = page {
+            request = request.header("origin", page);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let cors = response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), cors)
+        }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let server = Proc::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert_eq!(
+        get(server.origin.clone(), Some("https://docs.example")).await,
+        (200, Some("*".to_owned()))
+    );
+    drop(server);
+
+    let dev_dir = tempfile::tempdir().unwrap();
+    let dev = Proc::start(dev_dir.path(), &["--port", "0"]);
+    assert!(dev.stderr().contains("dev mode"));
+    assert_eq!(get(dev.origin.clone(), None).await.0, 200);
+    assert_eq!(
+        get(dev.origin.clone(), Some("http://localhost:3000"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(dev.origin.clone(), Some("https://docs.example"))
+            .await
+            .0,
+        403
+    );
+}
+
 /// `path` with each `{param}` filled in.
 fn fill(path: &str) -> String {
     path.split('/')
