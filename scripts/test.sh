@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test Herald has: formatting and lints, the Rust workspace (unit
-# and integration tests against real servers), then the TypeScript SDK
+# and integration tests against real servers), Schemathesis against the
+# server's OpenAPI description, then the TypeScript SDK
 # (type check, demo-bundle freshness, vitest against the real binary, and
 # browser tests in headless Chromium), then the Next.js example against the
 # real binary. Installs what it needs first.
@@ -45,6 +46,11 @@ cargo test --workspace --locked
 say "deploy/ (promtool, nginx -t, systemd-analyze)"
 cargo build -p herald-realtime --locked
 bash deploy/check.sh target/debug/herald
+
+# Every operation of /api/openapi.json against the real binary: no 5xx, no
+# undescribed status, no answer that breaks its schema.
+say "schemathesis (the HTTP API against its OpenAPI description)"
+bash scripts/schemathesis.sh target/debug/herald
 
 say "SDK (clients/js)"
 cargo build -p herald-realtime --locked

@@ -143,7 +143,7 @@ pub struct PollPage {
 }
 
 /// Server status, as `GET /api/websocket` reports it (the seed's `getStats`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// This node's id.
     pub node: String,
@@ -162,6 +162,7 @@ pub struct Stats {
     /// Frames queued to connections on this node.
     pub messages_out: u64,
     /// The engine's name.
+    #[schema(value_type = String)]
     pub engine: &'static str,
     /// Connections this process can hold (its open-file limit, less a reserve).
     pub connection_ceiling: u64,

@@ -162,8 +162,12 @@ async fn serve(args: ConfigArgs) -> Result<()> {
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
     let node = server.node().clone();
+    // Listen for the signals before printing the listening line: a SIGTERM
+    // sent right after it must shut down cleanly, not meet the default
+    // action (the process killed) because the task below had not run yet.
+    let signals = Signals::register();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down: telling clients to reconnect elsewhere");
         node.begin_shutdown();
     });
@@ -174,25 +178,39 @@ async fn serve(args: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, registered when made.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                unix: signal(SignalKind::interrupt())
+                    .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                    .ok(),
+            }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Waits for the first of them.
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut int, mut term)) = self.unix {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Default data directory for commands that read `dev.env`.

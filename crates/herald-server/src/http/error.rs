@@ -5,10 +5,73 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::{CommandError, ErrorCode};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
 use crate::engine::EngineError;
 use crate::node::NodeError;
+
+/// The body of every HTTP error (SPEC §5): `{"error":{"code","message"}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error: a protocol code (SPEC §3) and a human-readable message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// The protocol error code, the same as in WebSocket `error` frames.
+    #[schema(value_type = ErrorCodeSchema)]
+    pub code: u16,
+    /// For people, not programs: its wording may change.
+    pub message: String,
+}
+
+/// Every [`ErrorCode`], for the OpenAPI schema of `code`.
+const ALL_CODES: [ErrorCode; 12] = [
+    ErrorCode::BadRequest,
+    ErrorCode::Unauthorized,
+    ErrorCode::PermissionDenied,
+    ErrorCode::InvalidChannel,
+    ErrorCode::LimitExceeded,
+    ErrorCode::RateLimited,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::AlreadySubscribed,
+    ErrorCode::NotSubscribed,
+    ErrorCode::TokenExpired,
+    ErrorCode::NotConnected,
+    ErrorCode::Internal,
+];
+
+/// The OpenAPI schema of an error `code`: an integer, one of [`ErrorCode`]'s.
+#[derive(Debug)]
+pub struct ErrorCodeSchema;
+
+impl utoipa::PartialSchema for ErrorCodeSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .enum_values(Some(ALL_CODES.iter().map(|c| c.as_u16())))
+            .description(Some(
+                "1000 bad request, 1001 unauthorized, 1002 permission denied, \
+                 1003 invalid channel, 1004 limit exceeded, 1005 rate limited, \
+                 1006 message too large, 1007 already subscribed, 1008 not subscribed, \
+                 1009 token expired, 1010 not connected, 1011 internal / unavailable",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCodeSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+}
 
 /// An HTTP error response.
 #[derive(Debug)]
@@ -126,7 +189,12 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_u16(), "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_u16(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
@@ -134,5 +202,36 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails to compile when a code is added to [`ErrorCode`] until it is
+    /// listed here and in [`ALL_CODES`].
+    fn index(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::BadRequest => 0,
+            ErrorCode::Unauthorized => 1,
+            ErrorCode::PermissionDenied => 2,
+            ErrorCode::InvalidChannel => 3,
+            ErrorCode::LimitExceeded => 4,
+            ErrorCode::RateLimited => 5,
+            ErrorCode::MessageTooLarge => 6,
+            ErrorCode::AlreadySubscribed => 7,
+            ErrorCode::NotSubscribed => 8,
+            ErrorCode::TokenExpired => 9,
+            ErrorCode::NotConnected => 10,
+            ErrorCode::Internal => 11,
+        }
+    }
+
+    #[test]
+    fn the_schema_lists_every_code() {
+        for (i, code) in ALL_CODES.iter().enumerate() {
+            assert_eq!(index(*code), i);
+        }
     }
 }

@@ -21,7 +21,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use herald_protocol::ErrorCode;
 use tower_http::cors::{Any, CorsLayer};
@@ -29,8 +28,75 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::node::Node;
 use error::ApiError;
 
-/// The whole router.
+/// The OpenAPI description's fixed parts; `paths` and the schemas come from
+/// the routes themselves (see [`router`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Herald's HTTP API (SPEC §5). Errors are `{\"error\":{\"code\",\"message\"}}` \
+            with the protocol's codes. The server API takes the API key as \
+            `Authorization: Bearer <api_key>`; polls take a client JWT the same way, or nothing \
+            where the namespace is public (or in dev mode). Real-time delivery is the WebSocket \
+            at `GET /ws` (SPEC §3); polling is its fallback.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "server", description = "The server API: publishes and status, with the API key"),
+        (name = "polling", description = "The polling fallback, with a client JWT"),
+        (name = "operations", description = "Health, readiness, metrics, the demo page, this description; no auth"),
+        (name = "websocket", description = "The real-time connection"),
+        (name = "admin", description = "The admin dashboard and its API, with the API key; lists are of the node that answers"),
+    ),
+)]
+struct ApiDoc;
+
+/// The two credentials, both sent as `Authorization: Bearer …`.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the server's API keys (`auth.api_keys`), for backends only",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "client_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A client token signed by the application (SPEC §4)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The whole router, and its OpenAPI description: every route is added
+/// through `routes!` from its handler's `#[utoipa::path]`, so a route can't
+/// be served without being described (a test in this module refuses plain
+/// `route` calls here).
 pub fn router(node: Arc<Node>) -> Router {
+    router_and_doc(node).0
+}
+
+/// [`router`] and the OpenAPI description it serves at `/api/openapi.json`.
+pub fn router_and_doc(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+    use utoipa_axum::routes;
+
     // Browsers poll with a bearer token from other origins (the app's own
     // pages); tokens travel in headers, never cookies, so any origin may ask.
     let cors = CorsLayer::new()
@@ -60,54 +126,45 @@ pub fn router(node: Arc<Node>) -> Router {
     // Publishes bound their two phases themselves (body: 408; engine: 503
     // "outcome unknown", see api.rs); this is only a backstop behind both.
     let publish = from_fn_with_state(limit * 2 + Duration::from_secs(1), deadline);
-    let ops = Router::new()
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/realtime-demo", get(ops::demo))
+    let ops = OpenApiRouter::new()
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::demo))
+        .routes(routes!(ops::openapi))
         .route_layer(short.clone());
-    let publishes = Router::new()
-        .route(
-            "/api/websocket",
-            get(api::status)
-                .layer(short.clone())
-                .merge(post(api::control).layer(publish.clone())),
-        )
-        .route(
-            "/api/users/{user}/notifications",
-            post(api::notify_user).layer(publish.clone()),
-        )
-        .route("/api/batch", post(api::batch).layer(publish.clone()));
-    let admin = Router::new()
-        .route("/admin", get(admin::page))
-        .route("/api/admin/overview", get(admin::overview))
-        .route("/api/admin/channels", get(admin::channels))
-        .route("/api/admin/channels/{channel}", get(admin::channel))
-        .route("/api/admin/users/{user}", get(admin::user))
-        .route(
-            "/api/admin/users/{user}/disconnect",
-            post(admin::disconnect),
-        )
+    // Two handlers on one path: each `routes!` adds its method to the path.
+    let publishes = OpenApiRouter::new()
+        .routes(routes!(api::status).layer(short.clone()))
+        .routes(routes!(api::control).layer(publish.clone()))
+        .routes(routes!(api::notify_user).layer(publish.clone()))
+        .routes(routes!(api::batch).layer(publish.clone()));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::page))
+        .routes(routes!(admin::overview))
+        .routes(routes!(admin::channels))
+        .routes(routes!(admin::channel))
+        .routes(routes!(admin::user))
+        .routes(routes!(admin::disconnect))
         .route_layer(short.clone());
-    let polls = Router::new()
-        .route("/api/venues/updates", get(poll::venue_updates))
-        .route("/api/venues/{venue}/updates", get(poll::venue))
-        .route("/api/venues/{venue}/vibe-checks", get(poll::vibe_checks))
-        .route("/api/venues/{venue}/promotions", get(poll::promotions))
-        .route("/api/notifications", get(poll::notifications))
+    let polls = OpenApiRouter::new()
+        .routes(routes!(poll::venue_updates))
+        .routes(routes!(poll::venue))
+        .routes(routes!(poll::vibe_checks))
+        .routes(routes!(poll::promotions))
+        .routes(routes!(poll::notifications))
         .route_layer(long.clone());
-    Router::new()
-        .route("/ws", get(crate::transport::ws::upgrade))
-        .route(
-            "/api/channels/{channel}/messages",
-            get(poll::channel)
-                .layer(long)
-                .merge(post(api::publish_channel).layer(publish)),
-        )
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(crate::transport::ws::upgrade))
+        .routes(routes!(poll::channel).layer(long))
+        .routes(routes!(api::publish_channel).layer(publish))
         .merge(ops)
         .merge(publishes)
         .merge(admin)
         .merge(polls)
+        .split_for_parts();
+    let json = ops::OpenApiJson(doc.to_json().unwrap_or_default().into());
+    let router = routes
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -116,13 +173,15 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed",
             )
         })
+        .layer(axum::Extension(json))
         .layer(axum::Extension(poll_limiter))
         .layer(cors)
         // Outside the CORS layer, so a foreign page's preflight is refused too.
         .layer(from_fn_with_state(node.clone(), origin::dev_guard))
         // Outermost: every answer is logged, refusals included.
         .layer(axum::middleware::from_fn(access_log))
-        .with_state(node)
+        .with_state(node);
+    (router, doc)
 }
 
 /// One line per HTTP request under the target `herald::access` (filter it
@@ -257,4 +316,21 @@ pub(crate) async fn json_bytes(
             format!("request body is larger than {limit} bytes"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route goes through `routes!`, which describes it: a plain
+    /// `route` call in the router would serve an undocumented path.
+    #[test]
+    fn every_route_is_described() {
+        let source = include_str!("mod.rs");
+        let plain = concat!(".rou", "te(");
+        assert!(
+            !source.contains(plain),
+            "add routes with .routes(routes!(handler)) and a #[utoipa::path] on the handler"
+        );
+        let nested = concat!(".ne", "st(");
+        assert!(!source.contains(nested), "nest with OpenApiRouter::nest");
+    }
 }

@@ -8,9 +8,11 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::{validate_channel, ErrorCode};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::bearer;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ChannelPath;
 use super::poll_limit::PollGate;
 use crate::auth::Identity;
@@ -22,6 +24,75 @@ const MAX_LIMIT: usize = 1000;
 const MAX_WAIT_SECS: u64 = 60;
 /// The longest long poll, which the request timeout allows on top.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(MAX_WAIT_SECS);
+
+/// The query of every poll.
+// Documentation only: [`parse_params`] reads the query, so that each bad
+// value gets its own 400 message. A test checks the bounds against the
+// constants above.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct PollQuery {
+    /// Where to start: a cursor (`epoch:offset`, from a message or a
+    /// previous answer), a Unix time in milliseconds, or an RFC 3339 time.
+    /// Absent: from the oldest message kept.
+    since: Option<String>,
+    /// At most this many messages (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Seconds to hold the request when there is nothing new (long poll).
+    #[param(minimum = 0, maximum = 60)]
+    wait: Option<f64>,
+    /// Dev mode only, without a token: the user to poll as.
+    user: Option<String>,
+}
+
+/// One message of a poll answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolledMessage {
+    /// Its offset in the stream.
+    pub offset: u64,
+    /// `epoch:offset`: resumes right after this message.
+    pub cursor: String,
+    /// When it was published, Unix milliseconds.
+    pub ts: u64,
+    /// What was published: any JSON value.
+    pub data: serde_json::Value,
+}
+
+/// A page of a channel's history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelPage {
+    /// The channel polled.
+    pub channel: String,
+    /// Oldest first.
+    pub messages: Vec<PolledMessage>,
+    /// Poll again with `since` set to this: never skips or repeats a message.
+    pub cursor: String,
+    /// `false`: the cursor's epoch or offset is gone; refetch your state.
+    pub recovered: bool,
+    /// Whether more messages are waiting past this page.
+    pub more: bool,
+}
+
+/// A page of the caller's notification inbox.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InboxPage {
+    /// The caller.
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// Oldest first.
+    pub messages: Vec<PolledMessage>,
+    /// Poll again with `since` set to this: never skips or repeats a message.
+    pub cursor: String,
+    /// `false`: the cursor's epoch or offset is gone; refetch your state.
+    pub recovered: bool,
+    /// Whether more messages are waiting past this page.
+    pub more: bool,
+}
 
 #[derive(Debug)]
 struct PollParams {
@@ -194,6 +265,23 @@ async fn poll_channel(
 }
 
 /// `GET /api/channels/{channel}/messages`
+#[utoipa::path(
+    get,
+    path = "/api/channels/{channel}/messages",
+    tag = "polling",
+    summary = "Poll a channel's messages",
+    security((), ("client_jwt" = [])),
+    params(("channel" = String, Path, description = "The channel (SPEC §1)", pattern = r"^[A-Za-z0-9_\-.:@]{1,200}$", example = "venue:42"), PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = ChannelPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn channel(
     State(node): State<Arc<Node>>,
     ChannelPath(channel): ChannelPath,
@@ -205,6 +293,23 @@ pub(crate) async fn channel(
 }
 
 /// `GET /api/venues/updates` → `venue_updates`
+#[utoipa::path(
+    get,
+    path = "/api/venues/updates",
+    tag = "polling",
+    summary = "Poll channel venue_updates",
+    security((), ("client_jwt" = [])),
+    params(PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = ChannelPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn venue_updates(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -215,6 +320,23 @@ pub(crate) async fn venue_updates(
 }
 
 /// `GET /api/venues/{venueId}/updates` → `venue:{venueId}`
+#[utoipa::path(
+    get,
+    path = "/api/venues/{venue}/updates",
+    tag = "polling",
+    summary = "Poll channel venue:{venue}",
+    security((), ("client_jwt" = [])),
+    params(("venue" = String, Path, description = "The venue id", pattern = r"^[A-Za-z0-9_\-.:@]{1,187}$", example = "42"), PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = ChannelPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn venue(
     State(node): State<Arc<Node>>,
     ChannelPath(venue): ChannelPath,
@@ -226,6 +348,23 @@ pub(crate) async fn venue(
 }
 
 /// `GET /api/venues/{venueId}/vibe-checks` → `vibe_checks:{venueId}`
+#[utoipa::path(
+    get,
+    path = "/api/venues/{venue}/vibe-checks",
+    tag = "polling",
+    summary = "Poll channel vibe_checks:{venue}",
+    security((), ("client_jwt" = [])),
+    params(("venue" = String, Path, description = "The venue id", pattern = r"^[A-Za-z0-9_\-.:@]{1,187}$", example = "42"), PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = ChannelPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn vibe_checks(
     State(node): State<Arc<Node>>,
     ChannelPath(venue): ChannelPath,
@@ -237,6 +376,23 @@ pub(crate) async fn vibe_checks(
 }
 
 /// `GET /api/venues/{venueId}/promotions` → `promotions:{venueId}`
+#[utoipa::path(
+    get,
+    path = "/api/venues/{venue}/promotions",
+    tag = "polling",
+    summary = "Poll channel promotions:{venue}",
+    security((), ("client_jwt" = [])),
+    params(("venue" = String, Path, description = "The venue id", pattern = r"^[A-Za-z0-9_\-.:@]{1,187}$", example = "42"), PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = ChannelPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn promotions(
     State(node): State<Arc<Node>>,
     ChannelPath(venue): ChannelPath,
@@ -248,6 +404,23 @@ pub(crate) async fn promotions(
 }
 
 /// `GET /api/notifications`: the caller's own inbox, never anyone else's.
+#[utoipa::path(
+    get,
+    path = "/api/notifications",
+    tag = "polling",
+    summary = "Poll the caller's notification inbox",
+    security((), ("client_jwt" = [])),
+    params(PollQuery),
+    responses(
+        (status = 200, description = "A page of messages (empty when there are none)", body = InboxPage, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Bad query (1000), invalid channel (1003), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token where one is needed, bad token (1001), expired token (1009)", body = ErrorBody),
+        (status = 403, description = "Not allowed to read this channel (1002); dev mode: not a local page", body = ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout (plus wait)", body = ErrorBody),
+        (status = 429, description = "Polling too fast (1005)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn notifications(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -296,6 +469,59 @@ mod tests {
         for bad in ["yesterday", "e7Hq:", "-5", "1.5", "2026-13-01T00:00:00Z"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn answers_match_their_documented_types() {
+        use crate::engine::StoredMessage;
+        let page = PollPage {
+            epoch: "e7Hq".into(),
+            messages: vec![StoredMessage {
+                offset: 3,
+                ts: 1764100000123,
+                data: r#"{"a":[1,"x\"y"]}"#.into(),
+            }],
+            cursor: Cursor::new("e7Hq", 3),
+            recovered: true,
+            more: false,
+        };
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let channel: ChannelPage =
+            serde_json::from_str(&rt.block_on(body(render(("channel", "c\"1"), &page)))).unwrap();
+        assert_eq!(channel.channel, "c\"1");
+        assert_eq!(channel.messages[0].cursor, "e7Hq:3");
+        assert_eq!(channel.messages[0].data["a"][1], "x\"y");
+        let inbox: InboxPage =
+            serde_json::from_str(&rt.block_on(body(render(("userId", "u1"), &page)))).unwrap();
+        assert_eq!(
+            (inbox.user_id.as_str(), inbox.cursor.as_str()),
+            ("u1", "e7Hq:3")
+        );
+    }
+
+    #[test]
+    fn documented_bounds_are_the_real_ones() {
+        let params = serde_json::to_value(PollQuery::into_params(|| None)).unwrap();
+        let bound = |name: &str, key: &str| {
+            params
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .map(|p| p["schema"][key].as_f64().unwrap())
+                .unwrap()
+        };
+        assert_eq!(bound("limit", "maximum"), MAX_LIMIT as f64);
+        assert_eq!(bound("wait", "maximum"), MAX_WAIT_SECS as f64);
+        assert_eq!(bound("limit", "minimum"), 1.0);
     }
 
     #[test]

@@ -149,6 +149,23 @@ pub(crate) async fn accept_raw<S: Io + 'static>(
 
 /// `GET /ws` through the router: the JSON refusals, and the upgrades the
 /// accept loop left to hyper.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    summary = "Open a WebSocket (SPEC §3)",
+    description = "A WebSocket upgrade (HTTP/1.1, `Connection: Upgrade`, `Upgrade: websocket`, \
+        `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). The client authenticates inside \
+        the socket with a `connect` frame carrying its JWT; the frames are described in SPEC §3.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade (1000)", body = crate::http::error::ErrorBody),
+        (status = 403, description = "Origin not allowed (1002)", body = crate::http::error::ErrorBody),
+        (status = 408, description = "Not answered within limits.request_timeout", body = crate::http::error::ErrorBody),
+        (status = 429, description = "Too many connections from this address without a credential (1004)", body = crate::http::error::ErrorBody),
+        (status = 503, description = "Shutting down (1011)", body = crate::http::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request) -> Response {
     let accept = match check(
         &node,

@@ -12,6 +12,7 @@ mod files;
 mod hostile;
 mod logs;
 mod metrics;
+mod openapi;
 mod publish;
 mod redis;
 mod ws_protocol;
