@@ -6,7 +6,9 @@
 //   - TypeScript with `moduleResolution: node10` (no package exports, as with
 //     `module: commonjs`, and as Metro before React Native 0.79 resolves) and
 //     with `node16`, both under `strict`;
-//   - Jest 29 with its default `ts-jest` preset and no transformIgnorePatterns.
+//   - Jest 29 with its default `ts-jest` preset and no transformIgnorePatterns;
+//   - Metro (React Native's bundler) with package exports on and off
+//     (scripts/metro-check.mjs).
 // Before those, it checks that the package points only at files it ships:
 // every exports / main / types target, every relative import in dist/, and
 // every file or document that a d.ts or a comment in dist/ names.
@@ -16,6 +18,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { metroCheck } from './metro-check.mjs'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const modules = join(root, 'node_modules')
@@ -222,6 +225,9 @@ test('the SDK loads under Jest', async () => {
   mkdirSync(pkg, { recursive: true })
   run('tar', ['-xzf', tarball, '-C', pkg, '--strip-components=1'], jest)
   execFileSync(process.execPath, [join(jest, 'node_modules/jest/bin/jest.js'), '--ci'], { cwd: jest, stdio: 'inherit', timeout: 300_000 })
+
+  step('Metro (React Native), package exports on and off')
+  metroCheck(scratch, tarball)
   console.log('\npack-check: every toolchain used the packed SDK')
 } finally {
   if (existsSync(scratch)) rmSync(scratch, { recursive: true, force: true })
