@@ -61,8 +61,10 @@ npm run typecheck
 npm run check:demo
 npm run build
 npm test
-# The tarball as npm would publish it, in ESM, CommonJS, TypeScript node10 /
-# node16 and Jest (ts-jest) scratch projects.
+# The tarball as npm would publish it: no reference to a file it lacks, then
+# ESM, CommonJS, TypeScript (node10 / node16 / nodenext / bundler), Vite,
+# Jest (ts-jest) and Metro (React Native; package exports on and off)
+# scratch projects, each installing what it needs.
 node scripts/pack-check.mjs
 
 # The seed's shape in a real Next.js app: the SDK packed as published, next

@@ -6,13 +6,19 @@
 //   - TypeScript with `moduleResolution: node10` (no package exports, as with
 //     `module: commonjs`, and as Metro before React Native 0.79 resolves) and
 //     with `node16`, both under `strict`;
-//   - Jest 29 with its default `ts-jest` preset and no transformIgnorePatterns.
+//   - Jest 29 with its default `ts-jest` preset and no transformIgnorePatterns;
+//   - Metro (React Native's bundler) with package exports on and off
+//     (scripts/metro-check.mjs).
+// Before those, it checks that the package points only at files it ships:
+// every exports / main / types target, every relative import in dist/, and
+// every file or document that a d.ts or a comment in dist/ names.
 // Fails on the first toolchain that cannot use the package as installed.
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, posix } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { metroCheck } from './metro-check.mjs'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const modules = join(root, 'node_modules')
@@ -46,6 +52,53 @@ function project(scratch, name, tarball, files) {
   return dir
 }
 
+/**
+ * What in the unpacked package at `dir` names a file the tarball lacks:
+ * exports, main/module/types (of the package and of each stub folder),
+ * relative imports in dist/, and, in every d.ts and in the JS files'
+ * comments, file paths (`x/y.ext`, `./…`), documents (`*.md`) and spec
+ * section references (`SPEC`, `§`): a reader of the installed package must
+ * find what they name, so they point at README.md, which ships.
+ */
+function missingReferences(dir, shipped) {
+  const has = new Set(shipped)
+  const problems = []
+  const check = (from, target, what) => {
+    if (!has.has(target)) problems.push(`${from}: ${what} → ${target}, not in the tarball`)
+  }
+  const targets = (v) => (typeof v === 'string' ? [v] : v && typeof v === 'object' ? Object.values(v).flatMap(targets) : [])
+  for (const json of shipped.filter((f) => f === 'package.json' || f.endsWith('/package.json'))) {
+    if (json.startsWith('dist/')) continue
+    const pkg = JSON.parse(readFileSync(join(dir, json), 'utf8'))
+    const base = posix.dirname(json)
+    for (const field of ['main', 'module', 'types', 'typings', 'react-native', 'browser']) {
+      if (typeof pkg[field] === 'string') check(json, posix.join(base, pkg[field]), field)
+    }
+    for (const target of targets(pkg.exports)) check(json, posix.join(base, target), 'exports')
+  }
+  for (const file of shipped.filter((f) => f.startsWith('dist/') && /\.(js|d\.ts)$/.test(f))) {
+    const text = readFileSync(join(dir, file), 'utf8')
+    const base = posix.dirname(file)
+    for (const m of text.matchAll(/(?:from\s+|import\(\s*|require\(\s*)["'](\.{1,2}\/[^"']+)["']/g)) {
+      const target = posix.join(base, m[1])
+      // A d.ts's `./x.js` means `./x.d.ts`.
+      check(file, file.endsWith('.d.ts') && !has.has(target) ? target.replace(/\.js$/, '.d.ts') : target, `import '${m[1]}'`)
+    }
+    // A d.ts is read whole (declarations and their docs); JS only in its comments.
+    const prose = file.endsWith('.d.ts') ? text : [...text.matchAll(/\/\*[\s\S]*?\*\/|^\s*\/\/.*$/gm)].map((m) => m[0]).join('\n')
+    const words = prose.replace(/(?:from\s+|import\(\s*|require\(\s*)["'][^"']*["']/g, '')
+    for (const m of words.matchAll(/\bSPEC\b|§\s*\d*/g)) problems.push(`${file}: names a spec section (${m[0]}) the package lacks; point to README.md`)
+    for (const m of words.matchAll(/(?:\.{1,2}\/)?(?:[\w@.-]+\/)*[\w@-][\w@.-]*\.(md|mdx|markdown|txt|json|tsx?|[mc]?js)\b/g)) {
+      const path = m[0]
+      // A bare `Next.js` or `res.json` is a word, not a file; a document name or a path is a file.
+      if (!path.includes('/') && !/\.(md|mdx|markdown|txt)$/.test(path)) continue
+      const candidates = path.startsWith('.') ? [posix.join(base, path)] : [path, posix.join(base, path)]
+      if (!candidates.some((c) => has.has(c))) problems.push(`${file}: names ${path}, not in the tarball`)
+    }
+  }
+  return problems
+}
+
 const scratch = mkdtempSync(join(tmpdir(), 'herald-pack-'))
 try {
   step('npm pack (prepack builds)')
@@ -58,6 +111,14 @@ try {
     if (!shipped.includes(must)) throw new Error(`the tarball lacks ${must}: ${shipped.join(', ')}`)
   }
   console.log(`${packed.filename}: ${shipped.length} files, ${packed.size} bytes`)
+
+  step('references to files the tarball lacks')
+  const unpacked = join(scratch, 'unpacked')
+  mkdirSync(unpacked)
+  run('tar', ['-xzf', tarball, '-C', unpacked, '--strip-components=1'], unpacked)
+  const problems = missingReferences(unpacked, shipped)
+  if (problems.length) throw new Error(`the package names files it lacks:\n  ${problems.join('\n  ')}`)
+  console.log('every target, import and named file is in the tarball')
 
   step('ESM on Node')
   const esm = project(scratch, 'esm', tarball, {
@@ -164,6 +225,9 @@ test('the SDK loads under Jest', async () => {
   mkdirSync(pkg, { recursive: true })
   run('tar', ['-xzf', tarball, '-C', pkg, '--strip-components=1'], jest)
   execFileSync(process.execPath, [join(jest, 'node_modules/jest/bin/jest.js'), '--ci'], { cwd: jest, stdio: 'inherit', timeout: 300_000 })
+
+  step('Metro (React Native), package exports on and off')
+  metroCheck(scratch, tarball)
   console.log('\npack-check: every toolchain used the packed SDK')
 } finally {
   if (existsSync(scratch)) rmSync(scratch, { recursive: true, force: true })

@@ -1,5 +1,5 @@
 /**
- * RealtimeClient: one WebSocket to Herald (SPEC §3), kept alive.
+ * RealtimeClient: one WebSocket to Herald, kept alive (README, "Without React").
  *
  * It connects with a token, resubscribes every channel with its last cursor
  * after a reconnect, refreshes the token before `exp`, treats two missed pings
@@ -64,7 +64,7 @@ interface Pending {
 
 type Frame = { type: string; id?: number; [key: string]: unknown }
 
-/** A page of messages from a polling endpoint (SPEC §5). */
+/** A page of messages from a polling endpoint (`GET /api/channels/{channel}/messages` or `/api/notifications`). */
 export interface PollAnswer {
   messages: Array<{ offset: number; cursor: string; ts: number; data: unknown }>
   cursor: string

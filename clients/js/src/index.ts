@@ -1,5 +1,5 @@
 /**
- * herald-realtime: the TypeScript client for Herald (SPEC §8).
+ * herald-realtime: the TypeScript client for Herald (the package's README.md).
  * `RealtimeClient` is the WebSocket client; `RealtimeService` adds the polling fallback.
  */
 export { RealtimeClient, type ClientEvents, type PollAnswer } from './client.js'

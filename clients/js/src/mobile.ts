@@ -1,10 +1,10 @@
 /**
  * MobileRealtimeService: RealtimeService that follows the app's lifecycle
- * (SPEC §8). In the background it closes the socket after `backgroundGrace`
- * and stops polling, so a backgrounded app holds no connection and burns no
- * battery; back in the foreground it reconnects at once and resumes every
- * stream from its cursor. When connectivity returns it retries at once
- * instead of waiting out the backoff.
+ * (README, "React Native"). In the background it closes the socket after
+ * `backgroundGrace` and stops polling, so a backgrounded app holds no
+ * connection and burns no battery; back in the foreground it reconnects at
+ * once and resumes every stream from its cursor. When connectivity returns
+ * it retries at once instead of waiting out the backoff.
  *
  * React Native's `AppState` and `@react-native-community/netinfo` fit the two
  * small interfaces below; they are injected, so this file imports nothing from

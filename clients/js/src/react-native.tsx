@@ -1,7 +1,8 @@
 /**
  * herald-realtime/react-native: MobileRealtimeService, the mobile `useRealtime`
- * (SPEC §8: `useRealtime(wsUrl, apiUrl, userIdOrOptions)`), the shared hooks,
- * and `RealtimeDemo`, the mobile twin of the /realtime-demo page.
+ * (README, "React Native": `useRealtime(wsUrl, apiUrl, userIdOrOptions)`),
+ * the shared hooks, and `RealtimeDemo`, the mobile twin of the /realtime-demo
+ * page.
  */
 import { type JSX, useCallback, useRef, useState } from 'react'
 import { AppState, Pressable, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native'

@@ -1,5 +1,5 @@
 /**
- * herald-realtime/react: React hooks for the web (SPEC §8), with the seed
+ * herald-realtime/react: React hooks for the web (README, "Web (React)"), with the seed
  * application's signatures: `useRealtime(url, userIdOrOptions)` →
  * `{service, isConnected, state}`, and the channel hooks.
  */

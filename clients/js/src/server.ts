@@ -1,6 +1,6 @@
 /**
  * herald-realtime/server: publish to Herald from an application's backend
- * (SPEC §5 "Server API", §8). Plain `fetch` and Web Crypto only, so it runs on
+ * (README, "Publishing from your backend"). Plain `fetch` and Web Crypto only, so it runs on
  * Node ≥ 20, Deno, Bun and edge runtimes (Next.js route handlers, Workers)
  * without dependencies.
  *
@@ -107,7 +107,7 @@ export interface RealtimeServer {
 
 /**
  * A failed call: `status` is the HTTP status (0 when no answer came), `code`
- * Herald's error code (SPEC §3) when the server gave one.
+ * Herald's numeric error code when the server gave one.
  */
 export class HeraldError extends Error {
   readonly status: number

@@ -1,13 +1,15 @@
 /**
- * RealtimeService: RealtimeClient plus the HTTP polling fallback (SPEC §8).
+ * RealtimeService: RealtimeClient plus the HTTP polling fallback (README,
+ * "How reconnection, fallback and recovery behave").
  *
  * When the socket cannot be created, or fails `fallbackAfter` times in a row,
- * the service polls the §5 endpoints for every subscribed channel and for the
- * notification inbox, each from its cursor, holding long polls where the
- * server does (`wait`), and keeps trying the socket with backoff. The first
- * socket that reaches `connected` stops every poll (in-flight ones are aborted
- * and their late answers dropped) before the resubscribes carry the cursors,
- * so nothing is lost or delivered twice across the switch.
+ * the service polls `/api/channels/{channel}/messages` for every subscribed
+ * channel and `/api/notifications` for the notification inbox, each from its
+ * cursor, holding long polls where the server does (`wait`), and keeps
+ * trying the socket with backoff. The first socket that reaches `connected`
+ * stops every poll (in-flight ones are aborted and their late answers
+ * dropped) before the resubscribes carry the cursors, so nothing is lost or
+ * delivered twice across the switch.
  *
  * Polling stays well under the server's per-user poll rate limit: polls of
  * one stream start at least `minPollGap` apart (a busy channel's messages are

@@ -71,7 +71,7 @@ export type FetchLike = (
   init?: { method?: string; headers?: Record<string, string>; signal?: AbortSignal; body?: string },
 ) => Promise<{ status: number; ok: boolean; headers: { get(name: string): string | null }; json(): Promise<unknown> }>
 
-/** Options common to every entry point (SPEC §8). */
+/** Options common to every entry point (README, "Options"). */
 export interface RealtimeOptions {
   /** The `ws://host/ws` (or `wss://`) URL. */
   url: string
