@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The docs test: runs every shell command shown in docs/*.md against a real
-# Herald, and checks every relative link in docs/*.md and README.md.
+# Herald, and checks every relative link in docs/*.md and README.md (the file
+# exists; an anchor into a Markdown file names one of its headings).
 #
 #   bash scripts/docs-test.sh [path/to/herald]     (default: target/debug/herald)
 #
@@ -43,18 +44,29 @@ failures=0
 fail() { printf 'FAIL %s\n' "$*" >&2; failures=$((failures + 1)); }
 
 # --- Relative links -------------------------------------------------------
+# The anchors GitHub makes for a Markdown file's headings (outside code).
+anchors() {
+  awk '/^```/ { inside = !inside; next } !inside && /^#+ / { sub(/^#+ +/, ""); print }' "$1" |
+    tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9 _-]//g' -e 's/ /-/g'
+}
 links=0
 for doc in README.md docs/*.md; do
   dir=$(dirname "$doc")
-  # [text](target) outside code spans; targets with a scheme or only an
-  # anchor are not files.
-  while IFS= read -r target; do
-    target=${target%%#*}
-    target=${target%% *}
-    [ -z "$target" ] && continue
-    case $target in http://* | https://* | mailto:*) continue ;; esac
+  # [text](target) outside code spans; targets with a scheme are not files.
+  while IFS= read -r link; do
+    link=${link%% *}
+    case $link in http://* | https://* | mailto:* | '') continue ;; esac
+    target=${link%%#*}
+    anchor=
+    case $link in *'#'*) anchor=${link#*#} ;; esac
+    file=$dir/$target
+    [ -z "$target" ] && file=$doc
     links=$((links + 1))
-    [ -e "$dir/$target" ] || fail "$doc: link to $target: no such file"
+    if [ ! -e "$file" ]; then
+      fail "$doc: link to $link: no such file"
+    elif [ -n "$anchor" ] && [ "${file%.md}" != "$file" ] && ! anchors "$file" | grep -qx -- "$anchor"; then
+      fail "$doc: link to $link: no such heading"
+    fi
   done < <(sed -e 's/`[^`]*`//g' "$doc" | grep -o '\](\([^)]*\))' | sed -e 's/^](//' -e 's/)$//')
 done
 
