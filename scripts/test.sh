@@ -32,6 +32,17 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 |
   sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx docker-compose >/dev/null
   sudo_if rm -f /usr/sbin/policy-rc.d
 fi
+# jq for the docs test's examples.
+if ! command -v jq >/dev/null 2>&1; then
+  say "installing jq"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+  fi
+fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 say "cargo fmt --check"
@@ -51,6 +62,11 @@ bash deploy/check.sh target/debug/herald
 # undescribed status, no answer that breaks its schema.
 say "schemathesis (the HTTP API against its OpenAPI description)"
 bash scripts/schemathesis.sh target/debug/herald
+
+# Every command shown in docs/ against the real binary, and every relative
+# link in docs/ and README.md.
+say "docs (scripts/docs-test.sh)"
+bash scripts/docs-test.sh target/debug/herald
 
 say "SDK (clients/js)"
 cargo build -p herald-realtime --locked
