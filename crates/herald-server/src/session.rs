@@ -67,18 +67,6 @@ pub(crate) fn run(
         bound,
         node.metrics.outbound_queue_bytes.clone(),
     ));
-    // One span per connection: every line it logs carries its id, and its
-    // user once `connect` names one (never its token).
-    //
-    // The span is entered where the session does something it may log
-    // (commands, expiry, the goodbye), not around the whole task: entering
-    // a span on every poll cost about 7 % of the server's CPU per delivery,
-    // and forwarding a frame logs nothing.
-    let span = tracing::info_span!(
-        "conn",
-        id = %format_args!("{:x}", conn.id),
-        user = tracing::field::Empty
-    );
     let mut session = Session {
         bucket: TokenBucket::new(limits.commands_per_second, limits.burst),
         streams: Streams {
@@ -97,21 +85,24 @@ pub(crate) fn run(
         expiry: Expiry::None,
         strikes: 0,
         last_strike: Instant::now(),
-        span,
     };
+    // One span per connection: every line it logs carries its id, and its
+    // user once `connect` names one (never its token).
+    let span = tracing::info_span!(
+        "conn",
+        id = %format_args!("{:x}", session.conn.id),
+        user = tracing::field::Empty
+    );
     // A block, not an `async fn`, which would copy `session` into its body.
     let session_task = async move {
         let stop = session.run_loop().await;
-        {
-            let _in_span = session.span.enter();
-            match &stop {
-                Stop::Close(code) => tracing::debug!(code = code.as_u16(), "closing"),
-                Stop::Violation(_) => tracing::debug!("protocol violation"),
-                Stop::Gone => tracing::debug!("peer gone"),
-            }
-            session.streams.leave_all();
-            session.slot = None;
+        match &stop {
+            Stop::Close(code) => tracing::debug!(code = code.as_u16(), "closing"),
+            Stop::Violation(_) => tracing::debug!("protocol violation"),
+            Stop::Gone => tracing::debug!("peer gone"),
         }
+        session.streams.leave_all();
+        session.slot = None;
         // Boxed: the goodbyes' state would otherwise widen every idle
         // session's future.
         match stop {
@@ -127,7 +118,7 @@ pub(crate) fn run(
             Stop::Gone => Box::pin(session.socket.finish()).await,
         }
     };
-    session_task
+    tracing::Instrument::instrument(session_task, span)
 }
 
 enum Expiry {
@@ -154,8 +145,6 @@ struct Session {
     bucket: TokenBucket,
     strikes: u32,
     last_strike: Instant,
-    /// The connection's span (id, and user once known); see [`run`].
-    span: tracing::Span,
 }
 
 impl Session {
@@ -201,17 +190,11 @@ impl Session {
                 batch = self.conn.next_batch(MAX_BATCH) => self.forward(batch).await,
                 // Boxed: command handling is a large future, and keeping it out of the
                 // loop's own state keeps every idle session small.
-                inbound = self.socket.recv() => {
-                    let span = self.span.clone();
-                    tracing::Instrument::instrument(Box::pin(self.on_inbound(inbound)), span).await
-                }
+                inbound = self.socket.recv() => Box::pin(self.on_inbound(inbound)).await,
                 _ = &mut deadline, if deadline_at.is_some() => match self.identity {
                     None => Err(Stop::Close(CloseCode::Unauthorized)),
                     // Boxed too (rare, and larger than the waits it follows).
-                    Some(_) => {
-                        let span = self.span.clone();
-                        tracing::Instrument::instrument(Box::pin(self.on_expiry()), span).await
-                    }
+                    Some(_) => Box::pin(self.on_expiry()).await,
                 },
                 _ = &mut silence => Err(Stop::Close(CloseCode::HeartbeatTimeout)),
                 // Boxed too (rare, and larger than the waits they follow).
