@@ -79,6 +79,19 @@ impl Client {
         })
     }
 
+    /// The plain TCP stream under the WebSocket, for load generators that
+    /// read frames themselves; `None` over TLS, or when bytes the socket
+    /// already read are still buffered (they would be lost).
+    pub fn into_tcp(self) -> Option<TcpStream> {
+        if !self.buffered.is_empty() {
+            return None;
+        }
+        match self.ws.into_inner() {
+            MaybeTlsStream::Plain(tcp) => Some(tcp),
+            _ => None,
+        }
+    }
+
     /// Sends raw text (for tests of malformed input).
     pub async fn send_text(&mut self, text: &str) -> Result<(), Error> {
         Ok(self.ws.send(Message::text(text)).await?)

@@ -15,11 +15,12 @@ use std::time::Instant;
 use herald_protocol::{encode_message_frame, encode_notification_frame, CloseCode};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tungstenite::Utf8Bytes;
 
 use crate::engine::{FanoutSink, Publication, StreamWatcher};
 use crate::metrics::Metrics;
+use crate::transport::lane::{Lane, Wrote, LANE_BATCH};
 
 const SHARDS: usize = 64;
 
@@ -40,11 +41,25 @@ pub struct EncodedPub {
     pub offset: u64,
     /// The `message` or `notification` frame.
     pub frame: Utf8Bytes,
+    /// The same as a whole WebSocket text frame (a server's frames are
+    /// unmasked, so every subscriber gets the same bytes): what the lane
+    /// sends, in one piece.
+    pub wire: bytes::Bytes,
     /// When the hub received it, for the publish-to-send histogram.
     pub dispatched_at: Instant,
 }
 
-/// The hub's side of one connection: its queue and its kill switch.
+/// The hub's side of one connection: its queue, the last offset sent on
+/// each of its streams, its direct write lane, and its kill switch.
+///
+/// Delivery takes one of two roads, decided under the queue's lock. While
+/// the session is idle its lane is open, and a flusher task (one per
+/// worker thread, see [`Hub::start_flushers`]) writes queued frames to the
+/// socket itself, a batch per `writev`, with no wake-up of the session.
+/// Otherwise the session is woken and forwards them. Both drain the queue
+/// from the front under the lock and skip what the stream's mark says was
+/// sent, so the order and the no-duplicate rule hold whichever road a frame
+/// takes.
 ///
 /// The queue is a deque under a lock rather than a tokio `mpsc` channel: a
 /// channel allocates about 800 bytes up front for every connection, while an
@@ -66,12 +81,59 @@ pub struct Conn {
     queued: Notify,
     kicked: AtomicU8,
     kick: Notify,
+    lane: Option<Arc<Lane>>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Arc<EncodedPub>>,
     bytes: usize,
+    /// Every stream the connection listens to, with the last offset sent
+    /// (or due in its replay): a frame at or below it is a duplicate, and a
+    /// frame of a stream not here is one it left.
+    marks: HashMap<Arc<str>, u64>,
+    /// The lane could not write everything: the session must write its
+    /// spill, and what is queued, itself.
+    stalled: bool,
+    /// Handed to a flusher that has not run yet.
+    scheduled: bool,
+}
+
+/// What a push asks of the hub.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Queued; whoever drains this queue will take it.
+    Queued,
+    /// Queued on an open lane: a flusher must be told.
+    Flush,
+    /// The queue is full.
+    Full,
+}
+
+/// Frames for a session to write, already rid of duplicates.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The frames, in order.
+    pub frames: Vec<Utf8Bytes>,
+    /// When the oldest was dispatched.
+    pub oldest: Option<Instant>,
+    /// The lane stalled: its spill must be written even with no frames.
+    pub stalled: bool,
+}
+
+/// Drops from `frames` what `marks` says was sent or belongs to a stream
+/// left, moving the marks up to what stays.
+fn unsent<'a: 'm, 'm>(
+    marks: &'m mut HashMap<Arc<str>, u64>,
+    frames: impl Iterator<Item = &'a Arc<EncodedPub>> + 'm,
+) -> impl Iterator<Item = &'a Arc<EncodedPub>> + 'm {
+    frames.filter(move |p| match marks.get_mut(&*p.stream) {
+        Some(last) if p.offset > *last => {
+            *last = p.offset;
+            true
+        }
+        _ => false,
+    })
 }
 
 /// What a connection may queue.
@@ -90,7 +152,13 @@ const KEPT_QUEUE_CAPACITY: usize = 16;
 impl Conn {
     /// A connection that queues at most `bound` for its session, counting
     /// what it holds in `queued_bytes`.
-    pub fn new(id: u64, bound: QueueBound, queued_bytes: Gauge) -> Self {
+    /// `lane`, when given, is the socket's direct write lane.
+    pub(crate) fn new(
+        id: u64,
+        bound: QueueBound,
+        queued_bytes: Gauge,
+        lane: Option<Arc<Lane>>,
+    ) -> Self {
         Self {
             id,
             queue: Mutex::new(Queue::default()),
@@ -100,51 +168,159 @@ impl Conn {
             queued: Notify::new(),
             kicked: AtomicU8::new(0),
             kick: Notify::new(),
+            lane,
         }
     }
 
-    /// Queues `p`; false when the queue is full.
-    fn try_push(&self, p: Arc<EncodedPub>) -> bool {
+    /// Queues `p`. `can_flush`: a flusher runs, so an open lane may be used.
+    fn try_push(&self, p: Arc<EncodedPub>, can_flush: bool) -> Pushed {
         let len = p.frame.len();
         let mut queue = self.queue.lock();
         if queue.frames.len() >= self.capacity || queue.bytes + len > self.max_bytes {
-            return false;
+            return Pushed::Full;
         }
         let was_empty = queue.frames.is_empty();
         queue.frames.push_back(p);
         queue.bytes += len;
+        let flush = was_empty
+            && can_flush
+            && !queue.scheduled
+            && self.lane.as_ref().is_some_and(|l| l.is_open());
+        if flush {
+            queue.scheduled = true;
+        }
         drop(queue);
         self.queued_bytes.inc_by(len as i64);
+        if flush {
+            return Pushed::Flush;
+        }
         // A non-empty queue is drained before the session waits again, so
         // only the first frame needs to wake it. `notify_one` keeps a permit
         // when the session is not waiting yet, so no wake-up is lost.
         if was_empty {
             self.queued.notify_one();
         }
-        true
+        Pushed::Queued
     }
 
-    /// Up to `max` queued frames, oldest first, waiting for at least one.
+    /// Up to `max` queued frames not sent yet, oldest first, waiting for
+    /// at least one (or for a stalled lane's spill). Closes the lane: the
+    /// session writes from here on, until it offers the lane again.
     /// Cancel-safe: frames are taken only in the poll that returns them.
-    pub async fn next_batch(&self, max: usize) -> Vec<Arc<EncodedPub>> {
+    pub async fn next_batch(&self, max: usize) -> Batch {
         loop {
             {
                 let mut queue = self.queue.lock();
-                if !queue.frames.is_empty() {
+                if !queue.frames.is_empty() || queue.stalled {
+                    if let Some(lane) = &self.lane {
+                        lane.shut();
+                    }
+                    let stalled = std::mem::take(&mut queue.stalled);
                     let n = queue.frames.len().min(max);
-                    let batch: Vec<_> = queue.frames.drain(..n).collect();
-                    let taken: usize = batch.iter().map(|p| p.frame.len()).sum();
-                    queue.bytes -= taken;
+                    let taken: Vec<_> = queue.frames.drain(..n).collect();
+                    let bytes: usize = taken.iter().map(|p| p.frame.len()).sum();
+                    queue.bytes -= bytes;
                     if queue.frames.is_empty() && queue.frames.capacity() > KEPT_QUEUE_CAPACITY {
                         queue.frames = VecDeque::new();
                     }
+                    let frames = unsent(&mut queue.marks, taken.iter())
+                        .map(|p| p.frame.clone())
+                        .collect();
                     drop(queue);
-                    self.queued_bytes.dec_by(taken as i64);
-                    return batch;
+                    self.queued_bytes.dec_by(bytes as i64);
+                    return Batch {
+                        frames,
+                        oldest: taken.first().map(|p| p.dispatched_at),
+                        stalled,
+                    };
                 }
             }
             self.queued.notified().await;
         }
+    }
+
+    /// Opens the lane if the session is `idle` and nothing waits for it.
+    pub fn offer_lane(&self, idle: bool) {
+        let Some(lane) = &self.lane else {
+            return;
+        };
+        let queue = self.queue.lock();
+        if idle && queue.frames.is_empty() && !queue.stalled {
+            lane.open();
+        }
+    }
+
+    /// The flusher's part: writes what is queued through the open lane; if
+    /// the lane is closed or stalls, wakes the session to do it.
+    fn flush(&self, metrics: &Metrics) {
+        let Some(lane) = &self.lane else {
+            return;
+        };
+        let mut queue = self.queue.lock();
+        queue.scheduled = false;
+        while !queue.frames.is_empty() {
+            let Some(mut open) = lane.lock_open() else {
+                drop(queue);
+                self.queued.notify_one();
+                return;
+            };
+            let n = queue.frames.len().min(LANE_BATCH);
+            let taken: Vec<_> = queue.frames.drain(..n).collect();
+            let bytes: usize = taken.iter().map(|p| p.frame.len()).sum();
+            queue.bytes -= bytes;
+            self.queued_bytes.dec_by(bytes as i64);
+            let frames: Vec<&[u8]> = unsent(&mut queue.marks, taken.iter())
+                .map(|p| &p.wire[..])
+                .collect();
+            if frames.is_empty() {
+                continue;
+            }
+            match open.write(&frames) {
+                Wrote::All => {
+                    metrics.frames_written_direct.inc_by(frames.len() as u64);
+                    metrics
+                        .publish_to_send_seconds
+                        .observe(taken[0].dispatched_at.elapsed().as_secs_f64());
+                }
+                Wrote::Stalled => {
+                    drop(open);
+                    queue.stalled = true;
+                    drop(queue);
+                    self.queued.notify_one();
+                    return;
+                }
+            }
+        }
+        if queue.frames.capacity() > KEPT_QUEUE_CAPACITY {
+            queue.frames = VecDeque::new();
+        }
+    }
+
+    /// Starts listening to `stream`, with everything up to `offset` sent
+    /// (or due in the replay that follows).
+    pub fn set_mark(&self, stream: Arc<str>, offset: u64) {
+        self.queue.lock().marks.insert(stream, offset);
+    }
+
+    /// Stops listening to `stream`; false when it was not listened to.
+    pub fn remove_mark(&self, stream: &str) -> bool {
+        self.queue.lock().marks.remove(stream).is_some()
+    }
+
+    /// Stops listening to every stream, returning them.
+    pub fn take_marks(&self) -> Vec<Arc<str>> {
+        let marks = std::mem::take(&mut self.queue.lock().marks);
+        marks.into_keys().collect()
+    }
+
+    /// Whether the connection listens to `stream`.
+    pub fn has_mark(&self, stream: &str) -> bool {
+        self.queue.lock().marks.contains_key(stream)
+    }
+
+    /// How many streams the connection listens to.
+    pub fn mark_count(&self) -> usize {
+        self.queue.lock().marks.len()
     }
 
     /// Asks the session to close with `code` (the first reason wins).
@@ -248,6 +424,11 @@ pub struct Hub {
     waiting: AtomicUsize,
     /// Told when a stream gains its first listener and loses its last.
     watcher: OnceLock<Weak<dyn StreamWatcher>>,
+    /// The flusher tasks' inboxes, once started. Each entry is a
+    /// connection whose queue went from empty to not on an open lane, and
+    /// a connection is in at most one pending entry (`Queue::scheduled`),
+    /// so what waits here is bounded by the number of connections.
+    flushers: OnceLock<Vec<mpsc::UnboundedSender<Vec<Arc<Conn>>>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -270,7 +451,22 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             watcher: OnceLock::new(),
+            flushers: OnceLock::new(),
         }
+    }
+
+    /// Starts `n` flusher tasks on the current runtime (one per worker
+    /// thread: a connection's writes go to the flusher of its id, so they
+    /// spread over the cores). Until this is called, every delivery wakes
+    /// its session.
+    pub fn start_flushers(&self, n: usize) {
+        let mut senders = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tokio::spawn(run_flusher(self.metrics.clone(), rx));
+        }
+        let _ = self.flushers.set(senders);
     }
 
     /// Sets the hook told which streams have listeners on this node (the
@@ -452,7 +648,7 @@ impl Hub {
         out
     }
 
-    fn deliver_one(&self, p: &Publication) {
+    fn deliver_one(&self, p: &Publication, to_flush: &mut [Vec<Arc<Conn>>]) {
         let shard_lock = self.shard(&p.stream);
         if self.waiting.load(Ordering::Acquire) > 0 {
             let mut shard = shard_lock.write();
@@ -476,32 +672,65 @@ impl Hub {
             Some(_) => encode_notification_frame(&p.epoch, p.offset, p.ts, &p.data),
             None => encode_message_frame(&p.stream, &p.epoch, p.offset, p.ts, &p.data),
         };
+        let mut wire = Vec::with_capacity(frame.len() + 10);
+        crate::transport::frame::encode_text(&mut wire, &frame);
         let encoded = Arc::new(EncodedPub {
             stream: p.stream.clone(),
             offset: p.offset,
             frame: frame.into(),
+            wire: wire.into(),
             dispatched_at: Instant::now(),
         });
         let mut sent = 0u64;
+        let can_flush = !to_flush.is_empty();
         for conn in subs {
-            if conn.try_push(encoded.clone()) {
-                sent += 1;
-            } else {
-                if conn.kick_code().is_none() {
-                    self.metrics.slow_consumer_disconnects.inc();
+            match conn.try_push(encoded.clone(), can_flush) {
+                Pushed::Queued => sent += 1,
+                Pushed::Flush => {
+                    sent += 1;
+                    to_flush[conn.id as usize % to_flush.len()].push(conn.clone());
                 }
-                self.metrics.messages_dropped.inc();
-                conn.kick(CloseCode::SlowConsumer);
+                Pushed::Full => {
+                    if conn.kick_code().is_none() {
+                        self.metrics.slow_consumer_disconnects.inc();
+                    }
+                    self.metrics.messages_dropped.inc();
+                    conn.kick(CloseCode::SlowConsumer);
+                }
             }
         }
         self.metrics.messages_delivered.inc_by(sent);
     }
 }
 
+/// Flushes the connections handed over, a few hundred at a time between
+/// yields so sessions and requests on the same worker are not held up by
+/// a large fan-out.
+async fn run_flusher(metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<Vec<Arc<Conn>>>) {
+    const BETWEEN_YIELDS: usize = 256;
+    while let Some(conns) = rx.recv().await {
+        for chunk in conns.chunks(BETWEEN_YIELDS) {
+            for conn in chunk {
+                conn.flush(&metrics);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 impl FanoutSink for Hub {
     fn deliver(&self, publications: &[Publication]) {
+        let flushers = self.flushers.get().map_or(&[][..], Vec::as_slice);
+        let mut to_flush: Vec<Vec<Arc<Conn>>> = vec![Vec::new(); flushers.len()];
         for p in publications {
-            self.deliver_one(p);
+            self.deliver_one(p, &mut to_flush);
+        }
+        for (tx, conns) in flushers.iter().zip(to_flush) {
+            if !conns.is_empty() {
+                // A flusher ends only with the runtime, and the sessions'
+                // lanes with it.
+                let _ = tx.send(conns);
+            }
         }
     }
 
@@ -532,7 +761,26 @@ mod tests {
             frames,
             bytes: usize::MAX,
         };
-        Conn::new(id, bound, Gauge::default())
+        listening(Conn::new(id, bound, Gauge::default(), None))
+    }
+
+    /// `conn`, listening to the test streams from their start.
+    fn listening(conn: Conn) -> Conn {
+        for stream in ["c", "venue:1"] {
+            conn.set_mark(stream.into(), 0);
+        }
+        conn
+    }
+
+    fn offsets(batch: &Batch) -> Vec<u64> {
+        batch
+            .frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f).unwrap();
+                v["offset"].as_u64().unwrap()
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -544,7 +792,7 @@ mod tests {
             let stream: Arc<str> = "c".into();
             hub.subscribe(&stream, &probe);
             hub.deliver(&[publication("c", 1)]);
-            let len = probe.next_batch(1).await[0].frame.len();
+            let len = probe.next_batch(1).await.frames[0].len();
             hub.unsubscribe("c", 9);
             len
         };
@@ -552,7 +800,7 @@ mod tests {
             frames: 100,
             bytes: 2 * frame_len + 1,
         };
-        let small = Arc::new(Conn::new(1, bound, gauge.clone()));
+        let small = Arc::new(listening(Conn::new(1, bound, gauge.clone(), None)));
         let stream: Arc<str> = "c".into();
         hub.subscribe(&stream, &small);
         hub.deliver(&[publication("c", 2), publication("c", 3)]);
@@ -560,7 +808,7 @@ mod tests {
         assert!(small.kick_code().is_none(), "two frames fit");
         hub.deliver(&[publication("c", 4)]);
         assert_eq!(small.kicked().await, CloseCode::SlowConsumer);
-        assert_eq!(small.next_batch(1).await.len(), 1);
+        assert_eq!(small.next_batch(1).await.frames.len(), 1);
         assert_eq!(gauge.get(), frame_len as i64);
         hub.unsubscribe("c", 1);
         drop(small);
@@ -586,11 +834,16 @@ mod tests {
         hub.subscribe(&stream, &b);
         hub.deliver(&[publication("venue:1", 1), publication("other", 1)]);
         let (m1, m2) = (a.next_batch(8).await, b.next_batch(8).await);
-        assert!(
-            Arc::ptr_eq(&m1[0], &m2[0]),
+        assert_eq!(
+            m1.frames[0].as_str().as_ptr(),
+            m2.frames[0].as_str().as_ptr(),
             "both subscribers got the same encoded frame"
         );
-        assert_eq!(m1.len(), 1, "nothing from a stream it did not subscribe to");
+        assert_eq!(
+            m1.frames.len(),
+            1,
+            "nothing from a stream it did not subscribe to"
+        );
         assert_eq!((hub.channel_count(), hub.subscription_count()), (1, 2));
         hub.unsubscribe("venue:1", 1);
         hub.unsubscribe("venue:1", 2);
@@ -609,9 +862,129 @@ mod tests {
         }
         assert_eq!(slow.kicked().await, CloseCode::SlowConsumer);
         assert!(fast.kick_code().is_none());
-        let batch = fast.next_batch(2).await;
-        assert_eq!(batch.iter().map(|p| p.offset).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(fast.next_batch(2).await[0].offset, 3);
+        assert_eq!(offsets(&fast.next_batch(2).await), [1, 2]);
+        assert_eq!(offsets(&fast.next_batch(2).await), [3]);
+    }
+
+    #[tokio::test]
+    async fn frames_at_or_below_the_mark_or_of_a_stream_left_are_dropped() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let c = Arc::new(conn(1, 16));
+        c.set_mark("c".into(), 2);
+        hub.subscribe(&"c".into(), &c);
+        hub.subscribe(&"venue:1".into(), &c);
+        hub.deliver(&[
+            publication("c", 2),
+            publication("c", 3),
+            publication("venue:1", 1),
+        ]);
+        assert!(c.remove_mark("venue:1"));
+        assert_eq!(offsets(&c.next_batch(8).await), [3]);
+    }
+
+    /// A TCP pair: the server side as a lane-capable stream, and the client.
+    async fn tcp_pair() -> (crate::transport::lane::SharedTcp, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (crate::transport::lane::SharedTcp::new(server), client)
+    }
+
+    /// Reads `n` unmasked short text frames' payloads' offsets.
+    async fn read_offsets(client: &mut tokio::net::TcpStream, n: usize) -> Vec<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut head = [0u8; 2];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], 0x81);
+            let mut body = vec![0u8; usize::from(head[1])];
+            client.read_exact(&mut body).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            out.push(v["offset"].as_u64().unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_open_lane_is_written_by_the_flusher_without_waking_the_session() {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        hub.start_flushers(2);
+        let (tcp, mut client) = tcp_pair().await;
+        let bound = QueueBound {
+            frames: 16,
+            bytes: usize::MAX,
+        };
+        let gauge = Gauge::default();
+        let c = Arc::new(listening(Conn::new(
+            7,
+            bound,
+            gauge.clone(),
+            Some(tcp.lane()),
+        )));
+        hub.subscribe(&"c".into(), &c);
+        c.offer_lane(true);
+        hub.deliver(&[publication("c", 1), publication("c", 2)]);
+        assert_eq!(read_offsets(&mut client, 2).await, [1, 2]);
+        // The session was never asked to write.
+        let woken =
+            tokio::time::timeout(std::time::Duration::from_millis(50), c.next_batch(8)).await;
+        assert!(woken.is_err(), "no wake-up, nothing queued");
+        assert_eq!(gauge.get(), 0);
+        // A session that is not idle keeps the lane closed: the frames
+        // wait in the queue for it, in order.
+        c.offer_lane(false);
+        c.lane.as_ref().unwrap().shut();
+        hub.deliver(&[publication("c", 3)]);
+        assert_eq!(offsets(&c.next_batch(8).await), [3]);
+        // Offered again: the flusher takes over.
+        c.offer_lane(true);
+        hub.deliver(&[publication("c", 4)]);
+        assert_eq!(read_offsets(&mut client, 1).await, [4]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_lane_hands_the_spill_and_the_rest_to_the_session() {
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+        hub.start_flushers(1);
+        let (tcp, _client) = tcp_pair().await;
+        let bound = QueueBound {
+            frames: 1024,
+            bytes: usize::MAX,
+        };
+        let c = Arc::new(listening(Conn::new(
+            7,
+            bound,
+            Gauge::default(),
+            Some(tcp.lane()),
+        )));
+        hub.subscribe(&"c".into(), &c);
+        c.offer_lane(true);
+        // Large frames the client never reads: the socket fills.
+        let big = format!("\"{}\"", "x".repeat(50_000));
+        let publications: Vec<_> = (1..=200)
+            .map(|i| Publication {
+                data: big.as_str().into(),
+                ..publication("c", i)
+            })
+            .collect();
+        hub.deliver(&publications);
+        // The flusher closes the lane when the kernel stops taking bytes.
+        let lane = c.lane.as_ref().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lane.is_open() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lane never stalled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let batch = c.next_batch(1024).await;
+        assert!(batch.stalled, "the session is told to write the spill");
+        assert!(!c.lane.as_ref().unwrap().is_open());
+        assert!(!batch.frames.is_empty(), "and what the lane did not take");
     }
 
     #[tokio::test]

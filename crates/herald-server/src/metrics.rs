@@ -41,6 +41,12 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// Frames not queued because a connection's queue was full.
     pub messages_dropped: Counter,
+    /// Live frames written straight from the fan-out through a socket's
+    /// lane, with no wake-up of its session.
+    pub frames_written_direct: Counter,
+    /// Live frames written by their session after a wake-up (its lane was
+    /// closed or stalled, or the socket has none: TLS).
+    pub frames_written_by_session: Counter,
     /// Connections closed with 4003.
     pub slow_consumer_disconnects: Counter,
     /// Commands refused with 1005.
@@ -94,6 +100,8 @@ impl Metrics {
             remote_subscriptions: Gauge::default(),
             messages_published: Counter::default(),
             messages_delivered: Counter::default(),
+            frames_written_direct: Counter::default(),
+            frames_written_by_session: Counter::default(),
             messages_dropped: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
             rate_limited: Counter::default(),
@@ -174,6 +182,16 @@ impl Metrics {
             "messages_delivered",
             "Frames queued to connections",
             m.messages_delivered.clone(),
+        );
+        registry.register(
+            "frames_written_direct",
+            "Live frames written from the fan-out through a socket's lane (no session wake-up)",
+            m.frames_written_direct.clone(),
+        );
+        registry.register(
+            "frames_written_by_session",
+            "Live frames written by their session after a wake-up (lane closed or stalled, or TLS)",
+            m.frames_written_by_session.clone(),
         );
         registry.register(
             "messages_dropped",

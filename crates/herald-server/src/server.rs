@@ -24,7 +24,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::conns::{Admission, ConnSlot, Tracked, Verdict};
 use crate::http::ClientIp;
 use crate::node::{Node, StartError};
+use crate::transport::lane::SharedTcp;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,9 @@ impl Server {
         } = self;
         let sweeper = spawn_sweeper(&node);
         let announcer = spawn_announcer(&node);
+        // Plain-TCP sessions' live frames are written by these (hub.rs).
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        node.hub.start_flushers(workers);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -168,7 +172,7 @@ impl Server {
                 continue;
             };
             connections.spawn(serve_connection(
-                Tracked::new(tcp, open),
+                Tracked::new(SharedTcp::new(tcp), open),
                 admission,
                 PeerAddr(peer),
                 tls.clone(),
@@ -224,25 +228,28 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// header-read timeout so a silent peer can't hold it open), then the first
 /// request head, then a WebSocket session or HTTP/1.
 async fn serve_connection(
-    tcp: Tracked<TcpStream>,
+    tcp: Tracked<SharedTcp>,
     admission: Admission,
     peer: PeerAddr,
     tls: Option<TlsAcceptor>,
     app: Router,
     node: Arc<Node>,
 ) {
-    let _ = tcp.get_ref().set_nodelay(true);
+    let _ = tcp.get_ref().get_ref().set_nodelay(true);
     let token = node.shutdown_token().clone();
     let header_timeout = node.config().limits.header_read_timeout;
     match tls {
-        None => serve_stream(tcp, admission, peer, app, node).await,
+        None => {
+            let lane_source = tcp.get_ref().clone();
+            serve_stream(tcp, Some(lane_source), admission, peer, app, node).await
+        }
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => r,
                 _ = token.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_stream(stream, admission, peer, app, node).await,
+                Ok(Ok(stream)) => serve_stream(stream, None, admission, peer, app, node).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -257,6 +264,7 @@ async fn serve_connection(
 /// head replayed.
 async fn serve_stream<S>(
     mut stream: S,
+    tcp: Option<SharedTcp>,
     mut admission: Admission,
     peer: PeerAddr,
     app: Router,
@@ -283,7 +291,7 @@ async fn serve_stream<S>(
     };
     let accepted = tokio::time::timeout_at(
         deadline,
-        crate::transport::ws::accept_raw(&node, head, stream),
+        crate::transport::ws::accept_raw(&node, head, stream, tcp),
     )
     .await;
     match accepted {

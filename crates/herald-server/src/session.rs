@@ -7,7 +7,6 @@
 //! it already sent while recovering (recovery subscribes first, then reads
 //! history, so a message published meanwhile may arrive by both roads).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use tungstenite::Utf8Bytes;
 
 use crate::auth::{unix_now, Identity};
 use crate::conns::IpSlot;
-use crate::hub::{inbox_key, Conn, EncodedPub, QueueBound, INBOX_PREFIX};
+use crate::hub::{inbox_key, Batch, Conn, QueueBound, INBOX_PREFIX};
 use crate::node::{Node, NodeError, PublishItem, Recovery, SessionSlot};
 use crate::transport::frame::Violation;
 use crate::transport::ws::{Inbound, Socket};
@@ -66,13 +65,13 @@ pub(crate) fn run(
         node.next_conn_id(),
         bound,
         node.metrics.outbound_queue_bytes.clone(),
+        socket.lane().cloned(),
     ));
     let mut session = Session {
         bucket: TokenBucket::new(limits.commands_per_second, limits.burst),
         streams: Streams {
             node: node.clone(),
-            conn: conn.id,
-            last_sent: HashMap::new(),
+            conn: conn.clone(),
         },
         node: node.clone(),
         conn,
@@ -183,6 +182,9 @@ impl Session {
             if let Some(at) = deadline_at.filter(|at| *at != deadline.deadline()) {
                 deadline.as_mut().reset(at);
             }
+            // Idle from here: the fan-out may write live frames itself until
+            // the session wakes (transport::lane).
+            self.conn.offer_lane(self.socket.is_idle());
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => Err(Stop::Close(CloseCode::Shutdown)),
@@ -261,26 +263,21 @@ impl Session {
         Err(Stop::Close(code))
     }
 
-    /// Forwards queued publications, skipping any this session already sent.
-    async fn forward(&mut self, batch: Vec<Arc<EncodedPub>>) -> Step {
-        let oldest = batch[0].dispatched_at;
-        let mut frames = Vec::with_capacity(batch.len());
-        for p in &batch {
-            if let Some(last) = self.streams.last_sent.get_mut(&*p.stream) {
-                if p.offset > *last {
-                    *last = p.offset;
-                    frames.push(p.frame.clone());
-                }
-            }
-        }
-        if frames.is_empty() {
+    /// Forwards queued publications (already rid of what was sent), after
+    /// what a stalled lane left.
+    async fn forward(&mut self, batch: Batch) -> Step {
+        if batch.frames.is_empty() && !batch.stalled {
             return Ok(());
         }
-        self.write(frames).await?;
-        self.node
-            .metrics
-            .publish_to_send_seconds
-            .observe(oldest.elapsed().as_secs_f64());
+        let sent = batch.frames.len() as u64;
+        self.write(batch.frames).await?;
+        self.node.metrics.frames_written_by_session.inc_by(sent);
+        if let Some(oldest) = batch.oldest.filter(|_| sent > 0) {
+            self.node
+                .metrics
+                .publish_to_send_seconds
+                .observe(oldest.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -323,6 +320,9 @@ impl Session {
     }
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Step {
+        // A command may subscribe, unsubscribe or answer: no live frame may
+        // pass it on the lane meanwhile.
+        self.socket.hold_lane();
         self.last_seen = Instant::now();
         match inbound {
             Inbound::Text(text) => self.on_text(&text).await,
@@ -562,8 +562,8 @@ impl Session {
         channel: String,
         since: Option<Cursor>,
     ) -> Step {
-        let channels = self.streams.last_sent.len() - usize::from(self.inbox.is_some());
-        let checked = if self.streams.last_sent.contains_key(channel.as_str()) {
+        let channels = self.streams.conn.mark_count() - usize::from(self.inbox.is_some());
+        let checked = if self.streams.conn.has_mark(channel.as_str()) {
             Err(CommandError::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel}"),
@@ -672,40 +672,39 @@ fn encode_replayed(stream: &str, epoch: &str, m: &crate::engine::StoredMessage) 
     }
 }
 
-/// The streams a connection listens to in the hub, with the last offset
-/// sent on each. A replay runs inside its command, before any live frame is
-/// forwarded, so the mark is set to the replay's end at once: live frames
-/// up to there are the replay's to send.
+/// The streams a connection listens to in the hub. Their marks (the last
+/// offset sent on each) live in the [`Conn`], where the fan-out's direct
+/// writes see them too. A replay runs inside its command, before any live
+/// frame is forwarded, so the mark is set to the replay's end at once: live
+/// frames up to there are the replay's to send.
 ///
 /// Leaving the hub is this value's `Drop`, not the last lines of the
 /// session: a panic or an early return anywhere in a session must never
 /// leave a subscription behind.
 struct Streams {
     node: Arc<Node>,
-    conn: u64,
-    last_sent: HashMap<Arc<str>, u64>,
+    conn: Arc<Conn>,
 }
 
 impl Streams {
     /// Records a new subscription whose replay ends at `replay_end`.
     fn insert(&mut self, stream: Arc<str>, replay_end: u64) {
-        self.last_sent.insert(stream, replay_end);
+        self.conn.set_mark(stream, replay_end);
     }
 
     /// Leaves `stream`; false when it was not listened to.
     fn remove(&mut self, stream: &str) -> bool {
-        let known = self.last_sent.remove(stream).is_some();
+        let known = self.conn.remove_mark(stream);
         if known {
-            self.node.hub.unsubscribe(stream, self.conn);
+            self.node.hub.unsubscribe(stream, self.conn.id);
         }
         known
     }
 
     fn leave_all(&mut self) {
-        for stream in self.last_sent.keys() {
-            self.node.hub.unsubscribe(stream, self.conn);
+        for stream in self.conn.take_marks() {
+            self.node.hub.unsubscribe(&stream, self.conn.id);
         }
-        self.last_sent.clear();
     }
 }
 

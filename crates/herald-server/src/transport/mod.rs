@@ -4,5 +4,6 @@
 mod buffer;
 pub(crate) mod frame;
 pub(crate) mod head;
+pub(crate) mod lane;
 mod socket;
 pub mod ws;

@@ -20,6 +20,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use tungstenite::Utf8Bytes;
 
 use super::buffer::{HeldBytes, ReadBuffer};
 use super::frame::{encode_close, encode_pong, encode_text, Decoded, Decoder, Event, Violation};
+use super::lane::Lane;
 
 /// Bytes a connection's read buffer keeps between frames: a typical
 /// command (a `connect` with its token included) fits, and every idle
@@ -114,6 +116,9 @@ pub(crate) struct Socket {
     /// never see a fragment, and every idle one would carry the timer.
     fragment_deadline: Option<Pin<Box<Sleep>>>,
     held: HeldBytes,
+    /// The fan-out's direct way to this socket ([`super::lane`]), on plain
+    /// TCP. Closed (and its spill taken) before the socket writes a byte.
+    lane: Option<Arc<Lane>>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -139,9 +144,40 @@ impl Socket {
             fragment_timeout: settings.fragment_timeout,
             fragment_deadline: None,
             held: HeldBytes::new(settings.read_buffer_gauge),
+            lane: None,
         };
         socket.account();
         socket
+    }
+
+    /// Lets the fan-out write through `lane` while the session is idle.
+    pub(crate) fn with_lane(mut self, lane: Arc<Lane>) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    /// The socket's lane, if it has one.
+    pub(crate) fn lane(&self) -> Option<&Arc<Lane>> {
+        self.lane.as_ref()
+    }
+
+    /// Whether the socket has nothing of its own to write: only then may
+    /// the lane open.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state == State::Open && self.sent == self.out.len() && self.pong.is_none()
+    }
+
+    /// Closes the lane and puts what it could not write ahead of anything
+    /// the socket has yet to send: called before the socket stages or
+    /// writes a byte, so the wire only ever carries whole frames in order.
+    pub(crate) fn hold_lane(&mut self) {
+        let Some(lane) = &self.lane else {
+            return;
+        };
+        let spill = lane.claim();
+        if !spill.is_empty() {
+            self.out.splice(self.sent..self.sent, spill);
+        }
     }
 
     /// The next thing from the client. Cancel-safe.
@@ -183,6 +219,9 @@ impl Socket {
                 Ok(Decoded::Incomplete { needed }) => needed,
             };
             // All that was read is decoded: a good moment for the pong.
+            if self.pong.is_some() {
+                self.hold_lane();
+            }
             if self.state == State::Open && self.sent == self.out.len() {
                 self.stage_pong();
             }
@@ -226,6 +265,7 @@ impl Socket {
             }
             Some(Event::Pong) => Some(Inbound::Control),
             Some(Event::Close(code)) => {
+                self.hold_lane();
                 if !closing {
                     // Answered with its own code (1000 if it gave none);
                     // a pong still pending is moot.
@@ -276,6 +316,7 @@ impl Socket {
     /// Writes queued bytes until done or the kernel takes no more; frees a
     /// large buffer once it is empty.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hold_lane();
         while self.sent < self.out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]) {
                 Poll::Pending => return Poll::Pending,
@@ -304,6 +345,7 @@ impl Socket {
         if self.state != State::Open {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
+        self.hold_lane();
         self.stage_pong();
         for frame in frames {
             encode_text(&mut self.out, &frame);
@@ -318,6 +360,7 @@ impl Socket {
     /// then waits for the client's close (the RFC 6455 closing handshake),
     /// giving up after [`CLOSE_TIMEOUT`] in all.
     pub(crate) async fn close(mut self, last: Option<Utf8Bytes>, code: CloseCode) {
+        self.hold_lane();
         let goodbye = async {
             if matches!(self.state, State::Open | State::Failed(_)) {
                 self.pong = None;
@@ -353,6 +396,7 @@ impl Socket {
     /// the client broke the WebSocket protocol, not Herald's), then the
     /// input is drained so the close frame is not destroyed by a reset.
     pub(crate) async fn fail(mut self, violation: Violation) {
+        self.hold_lane();
         let goodbye = async {
             if matches!(self.state, State::Open | State::Failed(_)) {
                 self.pong = None;
@@ -369,6 +413,7 @@ impl Socket {
     /// Ends a connection the client closed or lost: answers its close (queued
     /// when it arrived) before the TCP close.
     pub(crate) async fn finish(mut self) {
+        self.hold_lane();
         if self.state != State::PeerClosed {
             return;
         }
@@ -395,6 +440,16 @@ impl Socket {
         };
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
         self.account();
+    }
+}
+
+impl Drop for Socket {
+    /// The lane lets go of the stream with the socket, whatever the path
+    /// out: the fan-out must never write to a closed descriptor's number.
+    fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.detach();
+        }
     }
 }
 

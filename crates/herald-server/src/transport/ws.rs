@@ -26,6 +26,7 @@ use crate::http::error::ApiError;
 use crate::node::Node;
 use herald_protocol::ErrorCode;
 
+use super::lane::SharedTcp;
 use super::socket::Settings;
 pub(crate) use super::socket::{Inbound, Io, Socket};
 
@@ -125,10 +126,14 @@ fn switching_protocols(accept: &str) -> String {
 /// The fast path: when `head` (the bytes read so far from `stream`) is an
 /// upgrade this server accepts, answers 101 on the stream and returns the
 /// socket; otherwise gives both back for hyper. The caller bounds the time.
+///
+/// `tcp` is the plain TCP stream under `stream`, when there is one: the
+/// session then gets a [`super::lane`] for the fan-out to write through.
 pub(crate) async fn accept_raw<S: Io + 'static>(
     node: &Node,
     head: Vec<u8>,
     mut stream: S,
+    tcp: Option<SharedTcp>,
 ) -> Result<Option<Socket>, (Vec<u8>, S)> {
     let Some((accept, len)) = fast_check(node, &head) else {
         return Err((head, stream));
@@ -144,7 +149,11 @@ pub(crate) async fn accept_raw<S: Io + 'static>(
     }
     // Anything after the head is the client's first frames.
     let early = head[len..].to_vec();
-    Ok(Some(Socket::new(Box::new(stream), early, settings(node))))
+    let socket = Socket::new(Box::new(stream), early, settings(node));
+    Ok(Some(match tcp {
+        Some(tcp) => socket.with_lane(tcp.lane()),
+        None => socket,
+    }))
 }
 
 /// `GET /ws` through the router: the JSON refusals, and the upgrades the
