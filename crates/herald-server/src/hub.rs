@@ -264,20 +264,39 @@ impl Conn {
                 self.queued.notify_one();
                 return;
             };
-            let n = queue.frames.len().min(LANE_BATCH);
-            let taken: Vec<_> = queue.frames.drain(..n).collect();
+            // One frame is the usual case (nothing coalesces at 10 msg/s
+            // per connection): no batch to build for it.
+            let single;
+            let batch;
+            let taken: &[Arc<EncodedPub>] = if queue.frames.len() == 1 {
+                single = queue.frames.pop_front();
+                single.as_slice()
+            } else {
+                let n = queue.frames.len().min(LANE_BATCH);
+                batch = queue.frames.drain(..n).collect::<Vec<_>>();
+                &batch
+            };
             let bytes: usize = taken.iter().map(|p| p.frame.len()).sum();
             queue.bytes -= bytes;
             self.queued_bytes.dec_by(bytes as i64);
-            let frames: Vec<&[u8]> = unsent(&mut queue.marks, taken.iter())
-                .map(|p| &p.wire[..])
-                .collect();
-            if frames.is_empty() {
-                continue;
-            }
-            match open.write(&frames) {
-                Wrote::All => {
-                    metrics.frames_written_direct.inc_by(frames.len() as u64);
+            let wrote = match taken {
+                [one] if unsent(&mut queue.marks, taken.iter()).next().is_some() => {
+                    open.write(&[&one.wire[..]])
+                }
+                [_] => continue,
+                many => {
+                    let frames: Vec<&[u8]> = unsent(&mut queue.marks, many.iter())
+                        .map(|p| &p.wire[..])
+                        .collect();
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    open.write(&frames)
+                }
+            };
+            match wrote {
+                Wrote::All(frames) => {
+                    metrics.frames_written_direct.inc_by(frames as u64);
                     metrics
                         .publish_to_send_seconds
                         .observe(taken[0].dispatched_at.elapsed().as_secs_f64());

@@ -144,8 +144,8 @@ struct LaneState {
 /// How a write through the lane went.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Wrote {
-    /// The kernel took every byte.
-    All,
+    /// The kernel took every byte of this many frames.
+    All(usize),
     /// It took less (or failed): the rest is spilled and the lane is
     /// closed; the session must be told to write.
     Stalled,
@@ -204,25 +204,22 @@ impl OpenLane<'_> {
     /// one `send` or `sendmsg`, without waiting.
     pub(crate) fn write(&mut self, frames: &[&[u8]]) -> Wrote {
         debug_assert!(frames.len() <= LANE_BATCH);
-        let Some(stream) = self.0.stream.clone() else {
-            return Wrote::Stalled;
-        };
         let total: usize = frames.iter().map(|f| f.len()).sum();
         // socket2's `send` rather than tokio's `try_write`: a socket call
         // skips the VFS layer a `write` goes through (measured: a tenth of
         // the kernel's time per delivery). tokio's readiness is left as
         // it was; a session that writes after a stall meets the full
         // buffer itself and waits for it properly.
-        let socket = socket2::SockRef::from(&*stream);
-        let sent = match frames {
-            [one] => socket.send(one),
-            many => {
+        let sent = match (&self.0.stream, frames) {
+            (None, _) => Ok(0),
+            (Some(stream), [one]) => socket2::SockRef::from(&**stream).send(one),
+            (Some(stream), many) => {
                 let slices: Vec<IoSlice<'_>> = many.iter().map(|f| IoSlice::new(f)).collect();
-                socket.send_vectored(&slices)
+                socket2::SockRef::from(&**stream).send_vectored(&slices)
             }
         };
         let taken = match sent {
-            Ok(n) if n == total => return Wrote::All,
+            Ok(n) if n == total => return Wrote::All(frames.len()),
             Ok(n) => n,
             // WouldBlock or a failure: the session's own write meets the
             // same socket, with its deadline, and learns which.
@@ -272,7 +269,7 @@ mod tests {
         lane.open();
         let (a, bc) = (wire("a"), wire("bc"));
         let wrote = lane.lock_open().unwrap().write(&[&a, &bc]);
-        assert_eq!(wrote, Wrote::All);
+        assert_eq!(wrote, Wrote::All(2));
         let mut got = [0u8; 7];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, &[0x81, 1, b'a', 0x81, 2, b'b', b'c']);
