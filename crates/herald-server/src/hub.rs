@@ -510,6 +510,29 @@ impl FanoutSink for Hub {
         shard.streams.contains_key(stream) || shard.waiters.contains_key(stream)
     }
 
+    /// Presence's `join` / `leave`: queued like a message (a full queue is a
+    /// slow consumer), with offset 0, which sessions pass on unfiltered.
+    fn deliver_event(&self, stream: &str, except: u64, frame: String) {
+        let shard = self.shard(stream).read();
+        let Some((key, subs)) = shard.streams.get_key_value(stream) else {
+            return;
+        };
+        let encoded = Arc::new(EncodedPub {
+            stream: key.clone(),
+            offset: 0,
+            frame: frame.into(),
+            dispatched_at: Instant::now(),
+        });
+        for conn in subs.iter().filter(|c| c.id != except) {
+            if !conn.try_push(encoded.clone()) {
+                if conn.kick_code().is_none() {
+                    self.metrics.slow_consumer_disconnects.inc();
+                }
+                conn.kick(CloseCode::SlowConsumer);
+            }
+        }
+    }
+
     fn stream_removed(&self, stream: &str) {
         let shard = self.shard(stream).read();
         if let Some(subs) = shard.streams.get(stream) {
