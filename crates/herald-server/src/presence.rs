@@ -326,12 +326,9 @@ impl Node {
     ) -> Result<PresenceSnapshot, EngineError> {
         match self.engine.presence() {
             None => Ok(self.presence.snapshot(channel, cap)),
-            Some(store) => store
-                .read(channel, cap, self.config.presence.ttl)
-                .await
-                .inspect_err(|_| {
-                    self.metrics.engine_errors.inc();
-                }),
+            Some(store) => store.read(channel, cap).await.inspect_err(|_| {
+                self.metrics.engine_errors.inc();
+            }),
         }
     }
 

@@ -258,12 +258,7 @@ pub trait PresenceStore: Send + Sync {
     ) -> Result<(), EngineError>;
 
     /// The live entries of `channel`, at most `cap` listed.
-    async fn read(
-        &self,
-        channel: &str,
-        cap: usize,
-        ttl: Duration,
-    ) -> Result<PresenceSnapshot, EngineError>;
+    async fn read(&self, channel: &str, cap: usize) -> Result<PresenceSnapshot, EngineError>;
 
     /// Renews this node's entries and users' sessions (batched), and
     /// removes expired entries of the same channels (sending `leave` where

@@ -356,3 +356,47 @@ async fn a_slow_consumer_close_removes_its_entry() {
         1
     );
 }
+
+/// Many entries, then every client gone abruptly: the gauge and the
+/// channel's presence come back to nothing.
+#[tokio::test]
+async fn the_entry_gauge_comes_back_to_zero_when_everyone_leaves() {
+    let (_dir, server) = start("");
+    let ws = server.ws_url();
+    let http = reqwest::Client::new();
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let (mut c, _) = client(&ws, &format!("u{}", i % 10)).await;
+        subscribe(&mut c, "quiet:many").await;
+        subscribe(&mut c, &format!("quiet:own{i}")).await;
+        all.push(c);
+    }
+    let body = until_total(&http, &server.origin, "quiet:many", 40).await;
+    assert_eq!(body["users"], 10, "{body}");
+    assert_eq!(gauge(&http, &server.origin).await, 80);
+    drop(all);
+    until_total(&http, &server.origin, "quiet:many", 0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&http, &server.origin).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "herald_presence_entries stays above 0"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn gauge(http: &reqwest::Client, origin: &str) -> u64 {
+    let text = http
+        .get(format!("{origin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_presence_entries "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no herald_presence_entries in /metrics"))
+}

@@ -274,12 +274,7 @@ impl PresenceStore for RedisPresence {
         Ok(())
     }
 
-    async fn read(
-        &self,
-        channel: &str,
-        cap: usize,
-        _ttl: Duration,
-    ) -> Result<PresenceSnapshot, EngineError> {
+    async fn read(&self, channel: &str, cap: usize) -> Result<PresenceSnapshot, EngineError> {
         let (zset, hash) = self.naming.presence_keys(channel);
         let mut call = self.read.prepare_invoke();
         call.key(zset).key(hash).arg(unix_millis()).arg(cap);
