@@ -103,7 +103,7 @@ fn json_response(body: String) -> Response {
     tag = "presence",
     summary = "Who is subscribed to a channel (at most 1000 listed; counts exact)",
     security(("api_key" = []), ("client_jwt" = []), ()),
-    params(("channel" = String, Path, description = "The channel (SPEC §1)", pattern = r"^[A-Za-z0-9_\-.:@]{1,200}$", example = "chat:1")),
+    params(("channel" = String, Path, description = "The channel (SPEC §1)", pattern = r"^[A-Za-z0-9_\-.:@]{1,200}$", example = "venue:42")),
     responses(
         (status = 200, description = "The channel's presence", body = PresenceBody, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Invalid channel (1003)", body = ErrorBody),
@@ -137,7 +137,7 @@ pub(crate) async fn presence(
     tag = "presence",
     summary = "How many clients and users are subscribed to a channel",
     security(("api_key" = []), ("client_jwt" = []), ()),
-    params(("channel" = String, Path, description = "The channel (SPEC §1)", pattern = r"^[A-Za-z0-9_\-.:@]{1,200}$", example = "chat:1")),
+    params(("channel" = String, Path, description = "The channel (SPEC §1)", pattern = r"^[A-Za-z0-9_\-.:@]{1,200}$", example = "venue:42")),
     responses(
         (status = 200, description = "The channel's counts", body = PresenceStatsBody, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Invalid channel (1003)", body = ErrorBody),
