@@ -178,6 +178,8 @@ pub struct SessionSlot {
     node: Arc<Node>,
     user: Option<String>,
     conn: u64,
+    /// The task recording the session for the cluster's online status.
+    online: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for SessionSlot {
@@ -185,7 +187,7 @@ impl Drop for SessionSlot {
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(user) = &self.user {
             self.node.users.remove(user, self.conn);
-            self.node.user_offline(user, self.conn);
+            self.node.user_offline(user, self.conn, self.online.take());
         }
     }
 }
@@ -474,13 +476,12 @@ impl Node {
                 ));
             }
         }
-        if let Some(user) = user {
-            self.user_online(user, conn.id);
-        }
+        let online = user.and_then(|user| self.user_online(user, conn.id));
         Ok(SessionSlot {
             node: self.clone(),
             user: user.map(str::to_owned),
             conn: conn.id,
+            online,
         })
     }
 

@@ -343,41 +343,62 @@ impl Node {
     }
 
     /// Records a session of `user` for the cluster's online status (redis
-    /// engine only; a single node reads its own session table).
-    pub(crate) fn user_online(self: &Arc<Self>, user: &str, conn: u64) {
-        self.user_status_change(user, conn, true);
+    /// engine only; a single node reads its own session table). Returns the
+    /// task, for [`Node::user_offline`] to wait on.
+    pub(crate) fn user_online(
+        self: &Arc<Self>,
+        user: &str,
+        conn: u64,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.user_status_change(user, conn, None)
     }
 
-    /// The other half of [`Node::user_online`].
-    pub(crate) fn user_offline(self: &Arc<Self>, user: &str, conn: u64) {
-        self.user_status_change(user, conn, false);
+    /// The other half of [`Node::user_online`]: runs after `online` (so a
+    /// session that closes at once never leaves its record behind).
+    pub(crate) fn user_offline(
+        self: &Arc<Self>,
+        user: &str,
+        conn: u64,
+        online: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        self.user_status_change(user, conn, Some(online));
     }
 
-    fn user_status_change(self: &Arc<Self>, user: &str, conn: u64, online: bool) {
-        if self.engine.presence().is_none() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+    /// `after: None` records the session; `Some(online)` forgets it once
+    /// the `online` task is done.
+    fn user_status_change(
+        self: &Arc<Self>,
+        user: &str,
+        conn: u64,
+        after: Option<Option<tokio::task::JoinHandle<()>>>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.engine.presence()?;
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (node, user) = (self.clone(), user.to_owned());
         let task = async move {
             let Some(store) = node.engine.presence() else {
                 return;
             };
             let client = client_id(conn);
-            let ttl = node.config.presence.ttl;
-            let done = if online {
-                store.user_online(&user, &client, ttl).await
-            } else {
-                store.user_offline(&user, &client).await
+            let done = match after {
+                None => {
+                    store
+                        .user_online(&user, &client, node.config.presence.ttl)
+                        .await
+                }
+                Some(online) => {
+                    if let Some(online) = online {
+                        let _ = online.await;
+                    }
+                    store.user_offline(&user, &client).await
+                }
             };
             if let Err(e) = done {
                 node.metrics.engine_errors.inc();
                 tracing::warn!(error = %e, "cannot record online status now; it settles within presence.ttl");
             }
         };
-        self.tracker().spawn_on(task, &runtime);
+        Some(self.tracker().spawn_on(task, &runtime))
     }
 
     /// Rewrites the expiry of this node's presence entries and sessions in

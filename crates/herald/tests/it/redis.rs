@@ -1054,6 +1054,13 @@ async fn presence_across_nodes(engine: &str, prefix: &str) {
     assert_eq!(next_of(&mut ann, "leave").await["info"]["client"], carl_id);
     assert_eq!(next_of(&mut bob, "join").await["info"]["client"], carl_id);
     assert_eq!(next_of(&mut bob, "leave").await["info"]["client"], carl_id);
+    // A closed session leaves the online status at once (not after the ttl).
+    carl.close().await;
+    until(Duration::from_secs(1), "carl offline", || {
+        let (http, url) = (http.clone(), format!("{}/api/users/carl/status", a.origin));
+        async move { get(&http, &url, Some(API_KEY)).await.1["online"] == false }
+    })
+    .await;
 
     // Refreshes keep entries alive past the ttl.
     tokio::time::sleep(Duration::from_secs(3)).await;
