@@ -1088,3 +1088,43 @@ async fn presence_across_nodes(engine: &str, prefix: &str) {
     .await;
     assert_eq!(body, json!({"userId":"bob","online":false,"connections":0}));
 }
+
+/// A node drained with SIGTERM removes its clients' entries and sessions
+/// as it goes (with `leave` for the others), long before `presence.ttl`.
+#[tokio::test]
+async fn a_drained_node_takes_its_presence_entries_with_it() {
+    use crate::presence::{client, get, next_of, subscribe, until_total};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let engine = one(&redis.url());
+    let a = presence_node(dir.path(), "a", &engine, "herald", "60s");
+    let mut b = presence_node(dir.path(), "b", &engine, "herald", "60s");
+    let http = reqwest::Client::new();
+    let (mut ann, _) = client(&a.ws_url(), "ann").await;
+    subscribe(&mut ann, "room:drain").await;
+    let (mut bob, bob_id) = client(&b.ws_url(), "bob").await;
+    subscribe(&mut bob, "room:drain").await;
+    assert_eq!(next_of(&mut ann, "join").await["info"]["client"], bob_id);
+    until_total(&http, &a.origin, "room:drain", 2).await;
+    b.signal("-TERM");
+    let (disconnect, _) = bob.until_closed().await.unwrap();
+    assert_eq!(disconnect.map(|d| d["code"].clone()), Some(json!(4000)));
+    b.wait_exit(Duration::from_secs(15));
+    // Gone at once: the ttl (60 s) would take far longer.
+    let leave = next_of(&mut ann, "leave").await;
+    assert_eq!(leave["info"]["client"], bob_id);
+    let (status, body) = get(
+        &http,
+        &format!("{}/api/channels/room:drain/presence", a.origin),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!((status, body["total"].as_u64()), (200, Some(1)), "{body}");
+    let (_, body) = get(
+        &http,
+        &format!("{}/api/users/bob/status", a.origin),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(body["online"], false, "{body}");
+}
