@@ -313,9 +313,10 @@ export class RealtimeClient {
 
   /**
    * Who is subscribed to `channel` (a namespace with `presence` or
-   * `join_leave`; the whole cluster on the Redis engine). Needs the socket:
-   * rejects with 1010 when not connected, 1012 where presence is off, 1002
-   * where this client may not subscribe. Polling clients are not present.
+   * `join_leave`; the whole cluster on the Redis engine). Needs the socket
+   * (RealtimeService asks over HTTP while polling): rejects with 1010 when
+   * not connected, 1012 where presence is off, 1002 where this client may
+   * not subscribe. Polling clients are not present.
    */
   presence(channel: string): Promise<PresenceInfo> {
     return this.presenceRequest('presence', channel).then((f) => ({

@@ -4,6 +4,7 @@ import { act, cleanup, render, screen } from '@testing-library/react'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { RealtimeClient } from '../src/client.js'
+import { RealtimeService } from '../src/service.js'
 import { usePresence, type PresenceService } from '../src/react.js'
 import type { PresenceEntry, RealtimeOptions, WebSocketConstructor } from '../src/types.js'
 import { makeToken, startHerald, type Herald } from './helpers/herald.js'
@@ -90,6 +91,30 @@ describe('presence', () => {
     await live
     await expect(ann.presence('pub:1')).rejects.toMatchObject({ code: 1012 })
     await expect(ann.presenceStats('pub:1')).rejects.toMatchObject({ code: 1012 })
+  })
+
+  it('RealtimeService reads presence over HTTP while polling', async () => {
+    const proxy = await startProxy(server.origin)
+    try {
+      const ann = client('ann')
+      const live = subscribed(ann, 'room:http')
+      ann.subscribe('room:http', () => {})
+      ann.connect()
+      await live
+      proxy.blockUpgrades(true)
+      const bob = new RealtimeService({ url: proxy.wsUrl, ...fast, fallbackAfter: 1, token: makeToken('bob') })
+      clients.push(bob)
+      bob.subscribe('room:http', () => {})
+      bob.connect()
+      await waitFor(() => bob.state === 'polling', 'bob polling')
+      const p = await bob.presence('room:http')
+      expect(p.total).toBe(1)
+      expect(p.clients.map((c) => c.user)).toEqual(['ann'])
+      expect(await bob.presenceStats('room:http')).toEqual({ clients: 1, users: 1 })
+      await expect(bob.presence('pub:1')).rejects.toMatchObject({ code: 1012 })
+    } finally {
+      await proxy.close()
+    }
   })
 
   it('usePresence stays live with joins and leaves', async () => {
