@@ -47,7 +47,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(conn: u64, who: &Identity) -> Self {
+    pub(crate) fn new(conn: u64, who: &Identity) -> Self {
         let client = client_id(conn);
         let user = who.user.as_deref().unwrap_or("");
         let json = format!(
