@@ -195,18 +195,19 @@ impl Drop for Member {
         if !self.armed {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime (a process tearing down): only the local entry can
-            // go; a remote one expires within `presence.ttl`.
-            self.node.presence.remove(&self.channel, self.conn);
+        // The local entry goes at once (the refresher must not renew it,
+        // and a single node pushes `leave` here); the remote one in a
+        // tracked task, so shutdown waits for it.
+        let Some(remote) = self.node.presence_leave_local(&self.channel, self.conn) else {
             return;
         };
-        let (node, channel, conn) = (self.node.clone(), self.channel.clone(), self.conn);
-        // The local entry goes at once (the refresher must not renew it);
-        // the remote one in a tracked task, so shutdown waits for it.
-        let leave = node.presence_leave_local(&channel, conn);
-        if let Some(remote) = leave {
-            node.tracker().spawn_on(remote, &runtime);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.node.tracker().spawn_on(remote, &runtime);
+            }
+            // No runtime (a process tearing down): the remote entry expires
+            // within `presence.ttl`.
+            Err(_) => drop(remote),
         }
     }
 }
