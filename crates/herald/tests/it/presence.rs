@@ -400,3 +400,27 @@ async fn gauge(http: &reqwest::Client, origin: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no herald_presence_entries in /metrics"))
 }
+
+/// A client that goes silent is closed for its heartbeat (4002) and leaves.
+#[tokio::test]
+async fn a_heartbeat_timeout_removes_its_entry() {
+    let (_dir, server) =
+        start("[heartbeat]\nping_interval = \"300ms\"\npong_timeout = \"300ms\"\n");
+    let ws = server.ws_url();
+    let http = reqwest::Client::new();
+    let (mut ann, _) = client(&ws, "ann").await;
+    subscribe(&mut ann, "room:1").await;
+    let (mut mute, mute_id) = client(&ws, "mute").await;
+    mute.auto_pong = false;
+    subscribe(&mut mute, "room:1").await;
+    assert_eq!(next_of(&mut ann, "join").await["info"]["client"], mute_id);
+    // Ann answers pings while she waits; the mute client sends nothing.
+    let leave = next_of(&mut ann, "leave").await;
+    assert_eq!(leave["info"]["client"], mute_id);
+    let (disconnect, _) = mute.until_closed().await.unwrap();
+    assert_eq!(disconnect.map(|d| d["code"].clone()), Some(json!(4002)));
+    assert_eq!(
+        until_total(&http, &server.origin, "room:1", 1).await["users"],
+        1
+    );
+}
