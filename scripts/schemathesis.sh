@@ -65,6 +65,12 @@ max_long_poll_waiters = 0
 # would test only the 429 answer.
 poll_requests_per_second = 100000
 poll_burst = 100000
+# Presence where the description's example channel is, so its reads
+# answer 200 with a body to check (elsewhere they are 404 / 1012).
+[[namespaces]]
+name = "venue"
+subscribe = "authenticated"
+presence = true
 TOML
 
 # The server prints "herald listening on http://127.0.0.1:PORT" once bound.

@@ -24,8 +24,13 @@ import type {
   MessageMeta,
   NotificationHandler,
   NotificationMeta,
+  PresenceEntry,
+  PresenceHandler,
+  PresenceInfo,
+  PresenceStats,
   RealtimeError,
   RealtimeOptions,
+  SubscribeOptions,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.js'
@@ -41,11 +46,20 @@ export interface ClientEvents {
   subscribed: { channel: string; cursor: string; recovered: boolean }
   /** {@link RealtimeClient.isReceiving} changed. */
   receiving: boolean
+  /** Another client joined or left a subscribed channel (namespaces with `join_leave`). */
+  presence: { channel: string; kind: 'join' | 'leave'; entry: PresenceEntry }
+}
+
+/** One `subscribe` call's handlers. */
+interface Handler {
+  fn: MessageHandler<any>
+  onJoin?: PresenceHandler
+  onLeave?: PresenceHandler
 }
 
 /** One subscribed channel: its handlers and its position. */
 interface ChannelState {
-  readonly handlers: Set<{ fn: MessageHandler<any> }>
+  readonly handlers: Set<Handler>
   readonly position: Position
   /** When the app subscribed; the first poll asks for messages since then. */
   readonly since: number
@@ -221,13 +235,18 @@ export class RealtimeClient {
   /**
    * Subscribes `onMessage` to `channel` (callable before the socket is up).
    * Returns the function that removes this subscription; the channel is left
-   * on the server when its last handler goes.
+   * on the server when its last handler goes. `options.onJoin` / `onLeave`
+   * hear other clients joining and leaving (namespaces with `join_leave`;
+   * never this client itself, and not replayed after a reconnect: read
+   * {@link RealtimeClient.presence} again then).
    */
-  subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>): () => void {
+  subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>, options?: SubscribeOptions): () => void {
     if (typeof channel !== 'string' || !/^[A-Za-z0-9_\-.:@]{1,200}$/.test(channel)) {
       throw new TypeError(`herald-realtime: invalid channel name ${JSON.stringify(channel)}`)
     }
-    const entry = { fn: onMessage as MessageHandler<any> }
+    const entry: Handler = { fn: onMessage as MessageHandler<any> }
+    if (options?.onJoin) entry.onJoin = options.onJoin
+    if (options?.onLeave) entry.onLeave = options.onLeave
     let ch = this.channels.get(channel)
     if (!ch) {
       ch = {
@@ -290,6 +309,36 @@ export class RealtimeClient {
       channel: String(f.channel ?? channel),
       offset: Number(f.offset),
     }))
+  }
+
+  /**
+   * Who is subscribed to `channel` (a namespace with `presence` or
+   * `join_leave`; the whole cluster on the Redis engine). Needs the socket
+   * (RealtimeService asks over HTTP while polling): rejects with 1010 when
+   * not connected, 1012 where presence is off, 1002 where this client may
+   * not subscribe. Polling clients are not present.
+   */
+  presence(channel: string): Promise<PresenceInfo> {
+    return this.presenceRequest('presence', channel).then((f) => ({
+      clients: Array.isArray(f.clients) ? (f.clients as PresenceEntry[]) : [],
+      users: Number(f.users ?? 0),
+      total: Number(f.total ?? 0),
+    }))
+  }
+
+  /** How many clients and users are subscribed to `channel` (as {@link RealtimeClient.presence}). */
+  presenceStats(channel: string): Promise<PresenceStats> {
+    return this.presenceRequest('presence_stats', channel).then((f) => ({
+      clients: Number(f.clients ?? 0),
+      users: Number(f.users ?? 0),
+    }))
+  }
+
+  private presenceRequest(type: 'presence' | 'presence_stats', channel: string): Promise<Frame> {
+    if (this.currentState !== 'connected') {
+      return Promise.reject({ code: 1010, message: 'not connected' } satisfies RealtimeError)
+    }
+    return this.request({ type, channel })
   }
 
   /** Skips the backoff wait and tries the socket now (e.g. when the network returns). */
@@ -382,6 +431,10 @@ export class RealtimeClient {
         return this.handleMessage(frame)
       case 'notification':
         return this.handleNotification(frame)
+      case 'join':
+        return this.handlePresence('join', frame)
+      case 'leave':
+        return this.handlePresence('leave', frame)
       case 'ping':
         this.send({ type: 'pong' })
         return
@@ -452,6 +505,23 @@ export class RealtimeClient {
     const ch = this.channels.get(String(frame.channel))
     if (!ch || typeof frame.cursor !== 'string') return
     this.deliver(ch, String(frame.channel), frame as unknown as PollAnswer['messages'][number])
+  }
+
+  private handlePresence(kind: 'join' | 'leave', frame: Frame): void {
+    const channel = String(frame.channel)
+    const ch = this.channels.get(channel)
+    const entry = frame.info as PresenceEntry | undefined
+    if (!ch || !entry || typeof entry !== 'object') return
+    for (const h of [...ch.handlers]) {
+      const fn = kind === 'join' ? h.onJoin : h.onLeave
+      if (!fn) continue
+      try {
+        fn(entry, channel)
+      } catch (err) {
+        reportListenerError(err)
+      }
+    }
+    this.events.emit('presence', { channel, kind, entry })
   }
 
   private handleNotification(frame: Frame): void {

@@ -4,9 +4,19 @@
  * ref, so a new callback identity on every render never resubscribes, and the
  * effect's cleanup unsubscribes on unmount or when the channel changes.
  */
-import { createContext, useCallback, useContext, useEffect, useRef, useSyncExternalStore, type Context } from 'react'
+import {
+  createContext,
+  useCallback,
+  useContext,
+  useEffect,
+  useRef,
+  useState,
+  useSyncExternalStore,
+  type Context,
+} from 'react'
 import type { RealtimeClient } from './client.js'
-import type { ConnectionState, MessageHandler, NotificationHandler } from './types.js'
+import { applyPresenceEvent } from './presence.js'
+import type { ConnectionState, MessageHandler, NotificationHandler, PresenceEntry, PresenceInfo } from './types.js'
 
 /** Anything with the client's surface: RealtimeClient, RealtimeService, MobileRealtimeService. */
 export type AnyService = Pick<RealtimeClient, 'subscribe' | 'onNotification' | 'on' | 'state' | 'isReceiving'>
@@ -86,6 +96,55 @@ export function useNotifications<T = unknown>(
     if (!service) return
     return service.onNotification<T>((data, meta) => handler.current(data, meta))
   }, [service, handler])
+}
+
+/** A service that can also read presence (RealtimeClient, RealtimeService, MobileRealtimeService). */
+export type PresenceService = AnyService & Pick<RealtimeClient, 'presence'>
+
+export { applyPresenceEvent }
+
+const NOBODY: PresenceInfo = { clients: [], users: 0, total: 0 }
+
+/**
+ * Who is in `channel` while mounted: `{ clients, users, total }`. Subscribes
+ * to the channel (so this client is present too), reads `presence` once the
+ * subscription is live — again after every reconnect, since joins and leaves
+ * missed meanwhile are not replayed — and applies `join` / `leave` as they
+ * come (namespaces with `join_leave`; with `presence` only, the snapshot is
+ * refreshed at each (re)subscription). Empty while not connected.
+ */
+export function usePresence(service: PresenceService | null | undefined, channel: string | null | undefined): PresenceInfo {
+  const [presence, setPresence] = useState<PresenceInfo>(NOBODY)
+  useEffect(() => {
+    setPresence(NOBODY)
+    if (!service || !channel) return
+    let live = true
+    let reads = 0
+    const read = (): void => {
+      const n = ++reads
+      service.presence(channel).then(
+        (p) => {
+          if (live && n === reads) setPresence(p)
+        },
+        // Not connected, or presence off here (1012): the next subscription reads again.
+        () => {},
+      )
+    }
+    const apply = (kind: 'join' | 'leave') => (entry: PresenceEntry) => {
+      if (live) setPresence((s) => applyPresenceEvent(s, kind, entry))
+    }
+    const unsubscribe = service.subscribe(channel, () => {}, { onJoin: apply('join'), onLeave: apply('leave') })
+    const offSubscribed = service.on('subscribed', (s) => {
+      if (s.channel === channel) read()
+    })
+    if (service.state === 'connected') read()
+    return () => {
+      live = false
+      offSubscribed()
+      unsubscribe()
+    }
+  }, [service, channel])
+  return presence
 }
 
 /** The service's connection state, re-rendering on change. */

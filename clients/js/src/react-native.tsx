@@ -19,7 +19,10 @@ export {
   useNotifications,
   useConnectionState,
   useIsReceiving,
+  usePresence,
+  applyPresenceEvent,
   type AnyService,
+  type PresenceService,
 } from './hooks-core.js'
 export type * from './types.js'
 

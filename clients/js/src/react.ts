@@ -16,7 +16,10 @@ export {
   useNotifications,
   useConnectionState,
   useIsReceiving,
+  usePresence,
+  applyPresenceEvent,
   type AnyService,
+  type PresenceService,
 } from './hooks-core.js'
 
 /** Options for `useRealtime`: every RealtimeOptions field except `url`. */

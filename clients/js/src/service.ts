@@ -19,7 +19,7 @@
  */
 import { backoffDelay } from './backoff.js'
 import { RealtimeClient, type PollAnswer } from './client.js'
-import type { FetchLike } from './types.js'
+import type { FetchLike, PresenceInfo, PresenceStats, RealtimeError } from './types.js'
 
 /** One stream being polled; `null` key is the notification inbox. */
 interface PollLoop {
@@ -99,6 +99,42 @@ export class RealtimeService extends RealtimeClient {
     this.loops.delete(key)
     loop.stopped = true
     loop.abort.abort()
+  }
+
+  /** As the client's, but over HTTP while polling (the socket is down). */
+  override presence(channel: string): Promise<PresenceInfo> {
+    if (!this.fallbackActive) return super.presence(channel)
+    return this.presenceOverHttp(channel, '/presence').then((b) => ({
+      clients: Array.isArray(b.clients) ? (b.clients as PresenceInfo['clients']) : [],
+      users: Number(b.users ?? 0),
+      total: Number(b.total ?? 0),
+    }))
+  }
+
+  /** As the client's, but over HTTP while polling (the socket is down). */
+  override presenceStats(channel: string): Promise<PresenceStats> {
+    if (!this.fallbackActive) return super.presenceStats(channel)
+    return this.presenceOverHttp(channel, '/presence/stats').then((b) => ({
+      clients: Number(b.clients ?? 0),
+      users: Number(b.users ?? 0),
+    }))
+  }
+
+  /** `GET /api/channels/{channel}/presence[/stats]` with the client's token. */
+  private async presenceOverHttp(channel: string, suffix: string): Promise<Record<string, unknown>> {
+    const token = await this.authToken()
+    const headers: Record<string, string> = { accept: 'application/json' }
+    if (token) headers.authorization = `Bearer ${token}`
+    const res = await this.fetcher()(`${this.options.apiUrl}/api/channels/${channel}${suffix}`, { headers })
+    const body = (await res.json().catch(() => null)) as Record<string, unknown> | null
+    if (!res.ok || !body) {
+      const error = (body?.error ?? {}) as { code?: unknown; message?: unknown }
+      throw {
+        code: Number(error.code ?? 0),
+        message: String(error.message ?? `HTTP ${res.status}`),
+      } satisfies RealtimeError
+    }
+    return body
   }
 
   private fetcher(): FetchLike {

@@ -15,7 +15,18 @@ import { createElement, type ReactNode } from 'react'
 import { Emitter } from './emitter.js'
 import type { ClientEvents } from './client.js'
 import { realtimeOverride } from './hooks-core.js'
-import type { ConnectionState, GapInfo, MessageHandler, MessageMeta, NotificationHandler, NotificationMeta } from './types.js'
+import type {
+  ConnectionState,
+  GapInfo,
+  MessageHandler,
+  MessageMeta,
+  NotificationHandler,
+  NotificationMeta,
+  PresenceEntry,
+  PresenceInfo,
+  PresenceStats,
+  SubscribeOptions,
+} from './types.js'
 
 /** A stand-in service: the client's surface, driven by the test. */
 export interface MockRealtime {
@@ -29,12 +40,19 @@ export interface MockRealtime {
   connect(): void
   disconnect(): void
   reconnectNow(): void
-  subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>): () => void
+  subscribe<T = unknown>(channel: string, onMessage: MessageHandler<T>, options?: SubscribeOptions): () => void
   onNotification<T = unknown>(fn: NotificationHandler<T>): () => void
   onGap(fn: (gap: GapInfo) => void): () => void
   on<K extends keyof ClientEvents>(event: K, fn: (payload: ClientEvents[K]) => void): () => void
   getConnectionState(): ConnectionState
   publish(channel: string, data: unknown): Promise<{ channel: string; offset: number }>
+  /** Who is in `channel`: the entries `join` added and `leave` did not remove. */
+  presence(channel: string): Promise<PresenceInfo>
+  presenceStats(channel: string): Promise<PresenceStats>
+  /** Another client joins `channel`: its entry is added, `onJoin` handlers run. */
+  join(channel: string, entry: PresenceEntry): void
+  /** Another client leaves `channel`: its entry goes, `onLeave` handlers run. */
+  leave(channel: string, entry: PresenceEntry): void
   /** Delivers `data` to the channel's subscribers, as a message at the next offset. */
   emit(channel: string, data: unknown): void
   /** Delivers a notification to `onNotification` handlers. */
@@ -48,6 +66,16 @@ export function createMockRealtime(initial: { state?: ConnectionState; receiving
   const events = new Emitter<ClientEvents>()
   const channels = new Map<string, Set<MessageHandler<any>>>()
   const inbox = new Set<NotificationHandler<any>>()
+  const presenceHandlers = new Map<string, Set<SubscribeOptions>>()
+  const present = new Map<string, Map<string, PresenceEntry>>()
+  const snapshot = (channel: string): PresenceInfo => {
+    const clients = [...(present.get(channel)?.values() ?? [])]
+    return { clients, users: new Set(clients.map((c) => c.user).filter(Boolean)).size, total: clients.length }
+  }
+  const presenceEvent = (channel: string, kind: 'join' | 'leave', entry: PresenceEntry): void => {
+    for (const h of [...(presenceHandlers.get(channel) ?? [])]) (kind === 'join' ? h.onJoin : h.onLeave)?.(entry, channel)
+    events.emit('presence', { channel, kind, entry })
+  }
   const offsets = new Map<string, number>()
   let inboxOffset = 0
   let state: ConnectionState = initial.state ?? 'disconnected'
@@ -76,14 +104,38 @@ export function createMockRealtime(initial: { state?: ConnectionState; receiving
     connect() {},
     disconnect() {},
     reconnectNow() {},
-    subscribe(channel, onMessage) {
+    subscribe(channel, onMessage, options) {
       let handlers = channels.get(channel)
       if (!handlers) channels.set(channel, (handlers = new Set()))
       handlers.add(onMessage)
+      const watcher = options ? { ...options } : null
+      if (watcher) {
+        let set = presenceHandlers.get(channel)
+        if (!set) presenceHandlers.set(channel, (set = new Set()))
+        set.add(watcher)
+      }
       return () => {
         handlers.delete(onMessage)
         if (handlers.size === 0 && channels.get(channel) === handlers) channels.delete(channel)
+        if (watcher) presenceHandlers.get(channel)?.delete(watcher)
       }
+    },
+    presence(channel) {
+      return Promise.resolve(snapshot(channel))
+    },
+    presenceStats(channel) {
+      const s = snapshot(channel)
+      return Promise.resolve({ clients: s.total, users: s.users })
+    },
+    join(channel, entry) {
+      let m = present.get(channel)
+      if (!m) present.set(channel, (m = new Map()))
+      m.set(entry.client, entry)
+      presenceEvent(channel, 'join', entry)
+    },
+    leave(channel, entry) {
+      present.get(channel)?.delete(entry.client)
+      presenceEvent(channel, 'leave', entry)
     },
     onNotification(fn) {
       inbox.add(fn)

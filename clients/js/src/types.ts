@@ -23,6 +23,42 @@ export interface NotificationMeta {
 }
 
 export type MessageHandler<T = unknown> = (data: T, meta: MessageMeta) => void
+
+/** One client in a channel's presence (namespaces with `presence` or `join_leave`). */
+export interface PresenceEntry {
+  /** The connection's id, as the server told it in `connected`. */
+  client: string
+  /** The user id; `""` for an anonymous client. */
+  user: string
+  /** The token's `info` claim, or null. */
+  info: Record<string, unknown> | null
+}
+
+/** Who is in a channel: at most 1000 entries listed; `users` and `total` are exact. */
+export interface PresenceInfo {
+  clients: PresenceEntry[]
+  /** Distinct users (anonymous clients not counted). */
+  users: number
+  /** Clients subscribed. */
+  total: number
+}
+
+/** How many clients and users are in a channel. */
+export interface PresenceStats {
+  clients: number
+  users: number
+}
+
+/** A `join` or `leave` of another client (namespaces with `join_leave`). */
+export type PresenceHandler = (entry: PresenceEntry, channel: string) => void
+
+/** Options of `subscribe`: presence events of the channel (namespaces with `join_leave`). */
+export interface SubscribeOptions {
+  /** Another client subscribed to the channel. */
+  onJoin?: PresenceHandler
+  /** Another client left it (unsubscribed, disconnected, or its node died). */
+  onLeave?: PresenceHandler
+}
 export type NotificationHandler<T = unknown> = (data: T, meta: NotificationMeta) => void
 
 /**

@@ -6,7 +6,7 @@
 import { act, create, type ReactTestRenderer } from 'react-test-renderer'
 import { useState } from 'react'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { useRealtime, useVenueUpdates, useNotifications } from '../src/react.js'
+import { useRealtime, useVenueUpdates, useNotifications, usePresence } from '../src/react.js'
 import { useRealtime as useMobileRealtime } from '../src/react-native.js'
 import { createMockRealtime, MockRealtimeProvider } from '../src/testing.js'
 
@@ -28,7 +28,31 @@ afterEach(() => {
   vi.restoreAllMocks()
 })
 
+function Room() {
+  const { service } = useRealtime('ws://herald.invalid/ws', 'user-1')
+  const { clients, total } = usePresence(service, 'room:1')
+  return `${total}: ${clients.map((c) => c.user).join(',')}`
+}
+
 describe('herald-realtime/testing', () => {
+  it('usePresence follows the joins and leaves the test makes', async () => {
+    const mock = createMockRealtime({ state: 'connected' })
+    mock.join('room:1', { client: 'a', user: 'ann', info: null })
+    await act(async () => {
+      renderer = create(
+        <MockRealtimeProvider service={mock}>
+          <Room />
+        </MockRealtimeProvider>,
+      )
+    })
+    expect(renderer!.toJSON()).toBe('1: ann')
+    act(() => mock.join('room:1', { client: 'b', user: 'bob', info: { name: 'Bob' } }))
+    expect(renderer!.toJSON()).toBe('2: ann,bob')
+    act(() => mock.leave('room:1', { client: 'a', user: 'ann', info: null }))
+    expect(renderer!.toJSON()).toBe('1: bob')
+    expect(await mock.presenceStats('room:1')).toEqual({ clients: 1, users: 1 })
+  })
+
   it('useRealtime returns the mock: nothing leaves the process, the test drives the screen', () => {
     const fetchSpy = vi.spyOn(globalThis, 'fetch')
     const sockets = vi.fn()

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     NotConnected = 1010,
     /// Internal error; the server stays up.
     Internal = 1011,
+    /// The feature is not enabled for this namespace (e.g. presence).
+    NotEnabled = 1012,
 }
 
 impl ErrorCode {

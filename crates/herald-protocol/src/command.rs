@@ -77,6 +77,16 @@ pub enum Command {
         /// The new JWT.
         token: String,
     },
+    /// Who is in a channel (SPEC §11): its presence entries.
+    Presence {
+        /// A valid channel name.
+        channel: String,
+    },
+    /// How many clients and users are in a channel (SPEC §11).
+    PresenceStats {
+        /// A valid channel name.
+        channel: String,
+    },
     /// Client-side liveness check; answered with `pong`.
     Ping,
     /// Answer to the server's `ping`.
@@ -200,6 +210,12 @@ fn build(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
             token: optional_string(&raw.token, "token")?
                 .ok_or_else(|| CommandError::bad_request("missing field: token"))?,
         },
+        "presence" => Command::Presence {
+            channel: channel(&raw.channel)?,
+        },
+        "presence_stats" => Command::PresenceStats {
+            channel: channel(&raw.channel)?,
+        },
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {
@@ -276,6 +292,22 @@ mod tests {
                 .command,
             Command::Ping
         ));
+        assert!(matches!(
+            parse_command(r#"{"type":"presence","id":7,"channel":"chat:1"}"#)
+                .unwrap()
+                .command,
+            Command::Presence { ref channel } if channel == "chat:1"
+        ));
+        assert!(matches!(
+            parse_command(r#"{"type":"presence_stats","id":8,"channel":"chat:1"}"#)
+                .unwrap()
+                .command,
+            Command::PresenceStats { ref channel } if channel == "chat:1"
+        ));
+        assert_eq!(
+            err(r#"{"type":"presence","id":9,"channel":"bad name"}"#),
+            (Some(9), ErrorCode::InvalidChannel)
+        );
         assert!(matches!(
             parse_command(r#"{"type":"refresh","id":6,"token":"x"}"#)
                 .unwrap()

@@ -120,6 +120,66 @@ pub fn encode_notification_frame(epoch: &str, offset: u64, ts: u64, data: &str) 
     s
 }
 
+/// A `join` or `leave` push (SPEC §11): never stored, no offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// A client subscribed.
+    Join,
+    /// A client left (unsubscribed, disconnected, or its node stopped).
+    Leave,
+}
+
+/// Encodes a `join` or `leave` push. `channel` must be validated (written
+/// without escaping); `entry` is a presence entry's JSON object.
+pub fn encode_presence_event(event: PresenceEvent, channel: &str, entry: &str) -> String {
+    let kind = match event {
+        PresenceEvent::Join => "join",
+        PresenceEvent::Leave => "leave",
+    };
+    format!(r#"{{"type":"{kind}","channel":"{channel}","info":{entry}}}"#)
+}
+
+/// Encodes the `presence` reply: `clients` are entries' JSON objects (at
+/// most the cap), `users` and `total` the exact counts. `channel` must be
+/// validated.
+pub fn encode_presence_frame<S: AsRef<str>>(
+    id: Option<u64>,
+    channel: &str,
+    clients: &[S],
+    users: u64,
+    total: u64,
+) -> String {
+    let mut s = String::with_capacity(
+        96 + channel.len() + clients.iter().map(|c| c.as_ref().len() + 1).sum::<usize>(),
+    );
+    s.push_str(r#"{"type":"presence","#);
+    if let Some(id) = id {
+        let _ = write!(s, r#""id":{id},"#);
+    }
+    let _ = write!(s, r#""channel":"{channel}","clients":["#);
+    for (i, c) in clients.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(c.as_ref());
+    }
+    let _ = write!(s, r#"],"users":{users},"total":{total}}}"#);
+    s
+}
+
+/// Encodes the `presence_stats` reply. `channel` must be validated.
+pub fn encode_presence_stats_frame(
+    id: Option<u64>,
+    channel: &str,
+    clients: u64,
+    users: u64,
+) -> String {
+    let id = id.map(|id| format!(r#""id":{id},"#)).unwrap_or_default();
+    format!(
+        r#"{{"type":"presence_stats",{id}"channel":"{channel}","clients":{clients},"users":{users}}}"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +205,41 @@ mod tests {
             f,
             json!({"type":"notification","offset":7,"cursor":"u9Xk:7","ts":5,"data":null})
         );
+    }
+
+    #[test]
+    fn presence_frames_are_valid_json_with_the_spec_fields() {
+        let entry = r#"{"client":"a1","user":"u","info":{"name":"A"}}"#;
+        let f: Value = serde_json::from_str(&encode_presence_frame(
+            Some(7),
+            "chat:1",
+            &[entry, entry],
+            1,
+            5,
+        ))
+        .unwrap();
+        assert_eq!(
+            f,
+            json!({"type":"presence","id":7,"channel":"chat:1","clients":[
+                {"client":"a1","user":"u","info":{"name":"A"}},
+                {"client":"a1","user":"u","info":{"name":"A"}}],"users":1,"total":5})
+        );
+        let f: Value =
+            serde_json::from_str(&encode_presence_frame::<&str>(None, "c", &[], 0, 0)).unwrap();
+        assert_eq!(
+            f,
+            json!({"type":"presence","channel":"c","clients":[],"users":0,"total":0})
+        );
+        let f: Value =
+            serde_json::from_str(&encode_presence_stats_frame(Some(8), "c", 3, 2)).unwrap();
+        assert_eq!(
+            f,
+            json!({"type":"presence_stats","id":8,"channel":"c","clients":3,"users":2})
+        );
+        let f: Value =
+            serde_json::from_str(&encode_presence_event(PresenceEvent::Leave, "c", entry)).unwrap();
+        assert_eq!(f["type"], "leave");
+        assert_eq!(f["info"]["client"], "a1");
     }
 
     #[test]

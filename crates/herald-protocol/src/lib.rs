@@ -18,6 +18,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use command::{parse_command, Command, CommandError, Envelope, MAX_ID};
 pub use cursor::{Cursor, CursorError};
 pub use frames::{
-    encode_message_frame, encode_notification_frame, NotificationsState, ServerFrame,
+    encode_message_frame, encode_notification_frame, encode_presence_event, encode_presence_frame,
+    encode_presence_stats_frame, NotificationsState, PresenceEvent, ServerFrame,
 };
 pub use since::{Since, SinceError, MAX_SINCE_LEN};

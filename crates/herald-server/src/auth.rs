@@ -36,7 +36,16 @@ pub struct Identity {
     /// When the token expires (Unix seconds), if it does; never later than
     /// [`MAX_EXPIRES_AT`].
     pub expires_at: Option<u64>,
+    /// The token's `info` claim as compact JSON (an object of at most
+    /// [`MAX_INFO_BYTES`]), shown in the client's presence entries.
+    pub info: Option<std::sync::Arc<str>>,
 }
+
+/// The largest `info` claim, once encoded as compact JSON. A token whose
+/// `info` is larger, or is not an object (or null), is refused (1001):
+/// presence entries are shown to every subscriber of a channel, so their
+/// size is bounded, and a silently dropped `info` would hide the mistake.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 impl Identity {
     /// An anonymous client, or a dev-mode user named without a token.
@@ -75,6 +84,9 @@ pub enum AuthError {
     /// No token verifier is configured.
     #[error("client tokens are not configured on this server")]
     NotConfigured,
+    /// The `info` claim is larger than [`MAX_INFO_BYTES`].
+    #[error("invalid token: its info claim is larger than 1024 bytes")]
+    InfoTooLarge,
 }
 
 impl AuthError {
@@ -82,7 +94,7 @@ impl AuthError {
     pub fn code(self) -> ErrorCode {
         match self {
             Self::Expired => ErrorCode::TokenExpired,
-            Self::Invalid | Self::NotConfigured => ErrorCode::Unauthorized,
+            Self::Invalid | Self::NotConfigured | Self::InfoTooLarge => ErrorCode::Unauthorized,
         }
     }
 }
@@ -104,6 +116,30 @@ pub struct Claims {
     /// Channel names or `prefix:*` / `*` patterns for `claim` namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+}
+
+/// [`Claims`] with the `info` claim, which only verification reads.
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
+}
+
+/// The `info` claim as compact JSON, or why it is refused.
+fn info_json(info: Option<serde_json::Value>) -> Result<Option<std::sync::Arc<str>>, AuthError> {
+    match info {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => {
+            let text = serde_json::to_string(&v).map_err(|_| AuthError::Invalid)?;
+            if text.len() > MAX_INFO_BYTES {
+                return Err(AuthError::InfoTooLarge);
+            }
+            Ok(Some(text.into()))
+        }
+        Some(_) => Err(AuthError::Invalid),
+    }
 }
 
 /// Verifies client tokens and API keys.
@@ -196,20 +232,22 @@ impl Auth {
         let key = self.key.as_ref().ok_or(AuthError::NotConfigured)?;
         precheck::precheck(token, self.max_token_bytes)?;
         let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            jsonwebtoken::decode::<VerifiedClaims>(token, key, &self.validation).map_err(|e| {
                 match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                     _ => AuthError::Invalid,
                 }
             })?;
-        let claims = data.claims;
+        let VerifiedClaims { claims, info } = data.claims;
         validate_user_id(&claims.sub).map_err(|_| AuthError::Invalid)?;
+        let info = info_json(info)?;
         let channels = grants::parse_claim(&claims.sub, claims.channels.unwrap_or_default());
         Ok(Identity {
             admin: claims.role.as_deref() == Some("admin"),
             channels,
             expires_at: claims.exp.map(|exp| exp.min(MAX_EXPIRES_AT)),
             user: Some(claims.sub),
+            info,
         })
     }
 
@@ -234,6 +272,17 @@ fn digest(key: &str) -> [u8; 32] {
 
 /// Signs an HS256 client token (for `herald token`, tests and dev tooling).
 pub fn sign_hs256(secret: &str, claims: &Claims) -> Result<String, KeyError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| KeyError(format!("cannot sign token: {e}")))
+}
+
+/// Signs an HS256 client token with any claims (tests and tools that need
+/// claims [`Claims`] does not name, such as `info`).
+pub fn sign_hs256_json(secret: &str, claims: &serde_json::Value) -> Result<String, KeyError> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -291,6 +340,36 @@ mod tests {
         let expired = sign_hs256("0123456789abcdef", &claims("u1", -60)).unwrap();
         assert_eq!(a.verify(&expired).unwrap_err(), AuthError::Expired);
         assert_eq!(a.verify("api-key-1234").unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn the_info_claim_is_an_object_of_at_most_1_kib_or_the_token_is_refused() {
+        let a = auth();
+        let token = |info: serde_json::Value| {
+            let claims = serde_json::json!({"sub": "u1", "exp": unix_now() + 60, "info": info});
+            sign_hs256_json("0123456789abcdef", &claims).unwrap()
+        };
+        let id = a
+            .verify(&token(serde_json::json!({"name": "Ann"})))
+            .unwrap();
+        assert_eq!(id.info.as_deref(), Some(r#"{"name":"Ann"}"#));
+        assert_eq!(id.user.as_deref(), Some("u1"));
+        assert!(a
+            .verify(&token(serde_json::Value::Null))
+            .unwrap()
+            .info
+            .is_none());
+        assert!(a
+            .verify(&sign_hs256("0123456789abcdef", &claims("u1", 60)).unwrap())
+            .unwrap()
+            .info
+            .is_none());
+        let big = serde_json::json!({ "x": "y".repeat(MAX_INFO_BYTES) });
+        assert_eq!(a.verify(&token(big)).unwrap_err(), AuthError::InfoTooLarge);
+        assert_eq!(
+            a.verify(&token(serde_json::json!("a string"))).unwrap_err(),
+            AuthError::Invalid
+        );
     }
 
     #[test]

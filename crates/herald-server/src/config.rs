@@ -109,6 +109,8 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Presence (namespaces with `presence` or `join_leave`).
+    pub presence: PresenceConfig,
     /// Serve TLS (`https://`, `wss://`) directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -264,6 +266,27 @@ pub struct LimitsConfig {
     pub fragment_timeout: Duration,
 }
 
+/// `[presence]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// On the redis engine, how long a node's presence entries (and its
+    /// users' online status) outlive its last refresh: each node rewrites
+    /// its own entries every third of this, so the entries of a node that
+    /// was killed disappear within it. Readers skip older entries.
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[heartbeat]`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -339,6 +362,17 @@ pub struct NamespaceConfig {
     /// Whether clients may publish here.
     #[serde(default)]
     pub client_publish: bool,
+    /// Keep a presence entry (client id, user, the token's `info` claim)
+    /// for every client subscribed here, readable with the WebSocket
+    /// `presence` / `presence_stats` commands and
+    /// `GET /api/channels/{channel}/presence[/stats]`. Polling clients are
+    /// not present.
+    #[serde(default)]
+    pub presence: bool,
+    /// Push `join` and `leave` frames to the other subscribers when a
+    /// client subscribes or leaves (implies `presence`).
+    #[serde(default)]
+    pub join_leave: bool,
 }
 
 fn default_subscribe() -> SubscribeRule {
@@ -375,6 +409,7 @@ impl Default for Config {
             },
             namespaces: Vec::new(),
             log: LogConfig::default(),
+            presence: PresenceConfig::default(),
             tls: None,
         }
     }
@@ -558,6 +593,8 @@ pub fn builtin_namespaces() -> Vec<NamespaceConfig> {
             history_size: None,
             history_ttl: None,
             client_publish: false,
+            presence: false,
+            join_leave: false,
         })
         .collect()
 }
@@ -812,6 +849,9 @@ impl Config {
         }
         if let Err((i, why)) = crate::conns::forwarded::TrustedProxies::parse(&l.trusted_proxies) {
             return Err(invalid(&format!("limits.trusted_proxies[{i}]"), why));
+        }
+        if self.presence.ttl < Duration::from_secs(1) {
+            return Err(invalid("presence.ttl", "must be at least 1s"));
         }
         if self.auth.max_token_bytes < 64 {
             return Err(invalid("auth.max_token_bytes", "must be at least 64"));

@@ -49,6 +49,21 @@ pub struct EncodedPub {
     pub dispatched_at: Instant,
 }
 
+impl EncodedPub {
+    /// `frame` of `stream` at `offset`, dispatched now, with its wire form.
+    fn new(stream: Arc<str>, offset: u64, frame: String) -> Arc<Self> {
+        let mut wire = Vec::with_capacity(frame.len() + 10);
+        crate::transport::frame::encode_text(&mut wire, &frame);
+        Arc::new(Self {
+            stream,
+            offset,
+            frame: frame.into(),
+            wire: wire.into(),
+            dispatched_at: Instant::now(),
+        })
+    }
+}
+
 /// The hub's side of one connection: its queue, the last offset sent on
 /// each of its streams, its direct write lane, and its kill switch.
 ///
@@ -128,6 +143,8 @@ fn unsent<'a: 'm, 'm>(
     frames: impl Iterator<Item = &'a Arc<EncodedPub>> + 'm,
 ) -> impl Iterator<Item = &'a Arc<EncodedPub>> + 'm {
     frames.filter(move |p| match marks.get_mut(&*p.stream) {
+        // Offset 0: presence's join / leave, never stored, never repeated.
+        Some(_) if p.offset == 0 => true,
         Some(last) if p.offset > *last => {
             *last = p.offset;
             true
@@ -691,18 +708,23 @@ impl Hub {
             Some(_) => encode_notification_frame(&p.epoch, p.offset, p.ts, &p.data),
             None => encode_message_frame(&p.stream, &p.epoch, p.offset, p.ts, &p.data),
         };
-        let mut wire = Vec::with_capacity(frame.len() + 10);
-        crate::transport::frame::encode_text(&mut wire, &frame);
-        let encoded = Arc::new(EncodedPub {
-            stream: p.stream.clone(),
-            offset: p.offset,
-            frame: frame.into(),
-            wire: wire.into(),
-            dispatched_at: Instant::now(),
-        });
+        let encoded = EncodedPub::new(p.stream.clone(), p.offset, frame);
+        let sent = self.offer(subs.iter(), &encoded, to_flush);
+        self.metrics.messages_delivered.inc_by(sent);
+    }
+
+    /// Queues `encoded` for each of `conns`, noting in `to_flush` (one list
+    /// per flusher) those whose open lane a flusher must now write, and
+    /// kicking those whose queue is full; how many took it.
+    fn offer<'a>(
+        &self,
+        conns: impl Iterator<Item = &'a Arc<Conn>>,
+        encoded: &Arc<EncodedPub>,
+        to_flush: &mut [Vec<Arc<Conn>>],
+    ) -> u64 {
         let mut sent = 0u64;
         let can_flush = !to_flush.is_empty();
-        for conn in subs {
+        for conn in conns {
             match conn.try_push(encoded.clone(), can_flush) {
                 Pushed::Queued => sent += 1,
                 Pushed::Flush => {
@@ -718,7 +740,27 @@ impl Hub {
                 }
             }
         }
-        self.metrics.messages_delivered.inc_by(sent);
+        sent
+    }
+
+    /// A list per flusher, for [`Hub::offer`].
+    fn flush_lists(&self) -> Vec<Vec<Arc<Conn>>> {
+        let n = self.flushers.get().map_or(0, Vec::len);
+        vec![Vec::new(); n]
+    }
+
+    /// Hands each flusher its list.
+    fn hand_to_flushers(&self, to_flush: Vec<Vec<Arc<Conn>>>) {
+        let Some(flushers) = self.flushers.get() else {
+            return;
+        };
+        for (tx, conns) in flushers.iter().zip(to_flush) {
+            if !conns.is_empty() {
+                // A flusher ends only with the runtime, and the sessions'
+                // lanes with it.
+                let _ = tx.send(conns);
+            }
+        }
     }
 }
 
@@ -739,23 +781,34 @@ async fn run_flusher(metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<Vec<
 
 impl FanoutSink for Hub {
     fn deliver(&self, publications: &[Publication]) {
-        let flushers = self.flushers.get().map_or(&[][..], Vec::as_slice);
-        let mut to_flush: Vec<Vec<Arc<Conn>>> = vec![Vec::new(); flushers.len()];
+        let mut to_flush = self.flush_lists();
         for p in publications {
             self.deliver_one(p, &mut to_flush);
         }
-        for (tx, conns) in flushers.iter().zip(to_flush) {
-            if !conns.is_empty() {
-                // A flusher ends only with the runtime, and the sessions'
-                // lanes with it.
-                let _ = tx.send(conns);
-            }
-        }
+        self.hand_to_flushers(to_flush);
     }
 
     fn is_watched(&self, stream: &str) -> bool {
         let shard = self.shard(stream).read();
         shard.streams.contains_key(stream) || shard.waiters.contains_key(stream)
+    }
+
+    /// Presence's `join` / `leave`: queued like a message (a full queue is a
+    /// slow consumer), with offset 0, which sessions pass on unfiltered.
+    fn deliver_event(&self, stream: &str, except: u64, frame: String) {
+        let shard = self.shard(stream).read();
+        let Some((key, subs)) = shard.streams.get_key_value(stream) else {
+            return;
+        };
+        let encoded = EncodedPub::new(key.clone(), 0, frame);
+        let mut to_flush = self.flush_lists();
+        self.offer(
+            subs.iter().filter(|c| c.id != except),
+            &encoded,
+            &mut to_flush,
+        );
+        drop(shard);
+        self.hand_to_flushers(to_flush);
     }
 
     fn stream_removed(&self, stream: &str) {

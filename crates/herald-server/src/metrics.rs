@@ -19,6 +19,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Long polls waiting in the hub for a message (set at scrape time).
     pub long_poll_waiters: Gauge,
+    /// Presence entries of this node's subscribers (SPEC §11).
+    pub presence_entries: Gauge,
     /// Bytes of frames queued for WebSocket sessions, all queues together.
     pub outbound_queue_bytes: Gauge,
     /// Poll requests refused with 429 / 1005.
@@ -90,6 +92,7 @@ impl Metrics {
             connections: Gauge::default(),
             subscriptions: Gauge::default(),
             long_poll_waiters: Gauge::default(),
+            presence_entries: Gauge::default(),
             outbound_queue_bytes: Gauge::default(),
             poll_rate_limited: Counter::default(),
             poll_rate_keys: Gauge::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "long_poll_waiters",
             "Long polls waiting for a message",
             m.long_poll_waiters.clone(),
+        );
+        registry.register(
+            "presence_entries",
+            "Presence entries of this node's subscribers (bounded by the subscription limits)",
+            m.presence_entries.clone(),
         );
         registry.register(
             "outbound_queue_bytes",

@@ -87,6 +87,10 @@ pub struct NamespacePolicy {
     pub retention: Retention,
     /// Whether clients may publish.
     pub client_publish: bool,
+    /// Whether subscribers' presence is kept (`presence` or `join_leave`).
+    pub presence: bool,
+    /// Whether `join` / `leave` are pushed to subscribers.
+    pub join_leave: bool,
 }
 
 /// What one `publish` or `notify` asks for, before validation.
@@ -174,6 +178,8 @@ pub struct SessionSlot {
     node: Arc<Node>,
     user: Option<String>,
     conn: u64,
+    /// The task recording the session for the cluster's online status.
+    online: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for SessionSlot {
@@ -181,6 +187,7 @@ impl Drop for SessionSlot {
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(user) = &self.user {
             self.node.users.remove(user, self.conn);
+            self.node.user_offline(user, self.conn, self.online.take());
         }
     }
 }
@@ -209,6 +216,8 @@ pub struct Node {
     connections: AtomicUsize,
     /// Each user's sessions on this node.
     pub(crate) users: crate::users::UserSessions,
+    /// This node's presence entries (all of presence on single-node engines).
+    pub(crate) presence: crate::presence::Local,
     connection_ceiling: AtomicU64,
 }
 
@@ -282,6 +291,8 @@ impl Node {
             subscribe: SubscribeRule::Authenticated,
             retention: default_retention,
             client_publish: false,
+            presence: false,
+            join_leave: false,
         };
         let mut namespaces = HashMap::new();
         for ns in builtin_namespaces()
@@ -297,6 +308,8 @@ impl Node {
                         ttl: ns.history_ttl.unwrap_or(default_retention.ttl),
                     },
                     client_publish: ns.client_publish,
+                    presence: ns.presence || ns.join_leave,
+                    join_leave: ns.join_leave,
                 },
             );
         }
@@ -314,7 +327,9 @@ impl Node {
             config.limits.client_publishes_per_second,
             config.limits.client_publish_burst,
         );
+        let presence = crate::presence::Local::new(metrics.presence_entries.clone());
         Ok(Arc::new(Self {
+            presence,
             client_publishes,
             config: Arc::new(config),
             hub,
@@ -331,7 +346,9 @@ impl Node {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            next_conn: AtomicU64::new(1),
+            // A random start keeps client ids apart across the nodes of a
+            // cluster (presence lists them side by side), and never 0.
+            next_conn: AtomicU64::new((rand::random::<u64>() >> 12) | 1),
             connections: AtomicUsize::new(0),
             users: Default::default(),
             connection_ceiling: AtomicU64::new(0),
@@ -459,10 +476,12 @@ impl Node {
                 ));
             }
         }
+        let online = user.and_then(|user| self.user_online(user, conn.id));
         Ok(SessionSlot {
             node: self.clone(),
             user: user.map(str::to_owned),
             conn: conn.id,
+            online,
         })
     }
 

@@ -147,6 +147,7 @@ impl Server {
         // Plain-TCP sessions' live frames are written by these (hub.rs).
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         node.hub.start_flushers(workers);
+        let refresher = spawn_presence_refresher(&node);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -209,6 +210,7 @@ impl Server {
         }
         sweeper.abort();
         announcer.abort();
+        refresher.abort();
         node.close_engine().await;
         tracing::info!("herald stopped");
         Ok(())
@@ -426,6 +428,21 @@ fn spawn_announcer(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
         loop {
             every.tick().await;
             node.announce().await;
+        }
+    })
+}
+
+/// Renews this node's presence entries and sessions in the cluster every
+/// third of `presence.ttl` (a no-op on single-node engines).
+fn spawn_presence_refresher(node: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let period = node.config().presence.ttl / 3;
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            node.refresh_presence().await;
         }
     })
 }

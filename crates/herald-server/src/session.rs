@@ -12,8 +12,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use herald_protocol::{
-    encode_message_frame, encode_notification_frame, parse_command, CloseCode, Command,
-    CommandError, Cursor, ErrorCode, NotificationsState, ServerFrame,
+    encode_message_frame, encode_notification_frame, encode_presence_frame,
+    encode_presence_stats_frame, parse_command, CloseCode, Command, CommandError, Cursor,
+    ErrorCode, NotificationsState, ServerFrame,
 };
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tungstenite::Utf8Bytes;
@@ -22,6 +23,7 @@ use crate::auth::{unix_now, Identity};
 use crate::conns::IpSlot;
 use crate::hub::{inbox_key, Batch, Conn, QueueBound, INBOX_PREFIX};
 use crate::node::{Node, NodeError, PublishItem, Recovery, SessionSlot};
+use crate::presence::{Member, MAX_LISTED};
 use crate::transport::frame::Violation;
 use crate::transport::ws::{Inbound, Socket};
 
@@ -77,6 +79,7 @@ pub(crate) fn run(
         conn,
         socket,
         identity: None,
+        presence: Vec::new(),
         slot: None,
         ip_slot,
         inbox: None,
@@ -101,6 +104,9 @@ pub(crate) fn run(
             Stop::Gone => tracing::debug!("peer gone"),
         }
         session.streams.leave_all();
+        // Each entry leaves as its guard drops (on every path out, this
+        // one included): before the goodbye, so others hear it at once.
+        session.presence.clear();
         session.slot = None;
         // Boxed: the goodbyes' state would otherwise widen every idle
         // session's future.
@@ -133,6 +139,8 @@ struct Session {
     conn: Arc<Conn>,
     socket: Socket,
     identity: Option<Identity>,
+    /// Presence entries held, one per subscribed channel that keeps them.
+    presence: Vec<Member>,
     slot: Option<SessionSlot>,
     /// This socket's place under `limits.max_connections_per_ip`.
     ip_slot: Option<IpSlot>,
@@ -392,6 +400,8 @@ impl Session {
             Command::Unsubscribe { channel } => self.on_unsubscribe(id, &channel).await,
             Command::Publish { channel, data } => self.on_publish(id, channel, data.get()).await,
             Command::Refresh { token } => self.on_refresh(id, &token).await,
+            Command::Presence { channel } => self.on_presence(id, &channel, false).await,
+            Command::PresenceStats { channel } => self.on_presence(id, &channel, true).await,
         }
     }
 
@@ -587,6 +597,18 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.send_error(id, &e).await,
         };
+        let who = self.identity.clone().unwrap_or_default();
+        match self.node.presence_join(&stream, self.conn.id, &who).await {
+            Ok(Some(member)) => self.presence.push(member),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "presence join failed");
+                self.streams.remove(&stream);
+                let e =
+                    CommandError::new(ErrorCode::Internal, "presence is unavailable; try again");
+                return self.send_error(id, &e).await;
+            }
+        }
         let subscribed = ServerFrame::Subscribed {
             id,
             channel: &stream,
@@ -606,7 +628,40 @@ impl Session {
             );
             return self.send_error(id, &e).await;
         }
+        if let Some(i) = self.presence.iter().position(|m| m.channel() == channel) {
+            self.presence.swap_remove(i).leave().await;
+        }
         self.send(ServerFrame::Unsubscribed { id, channel }).await
+    }
+
+    /// `presence` and `presence_stats` (SPEC §11), cluster-wide.
+    async fn on_presence(&mut self, id: Option<u64>, channel: &str, stats: bool) -> Step {
+        let who = self.identity.clone().unwrap_or_default();
+        if let Err(e) = self.node.check_presence(&who, channel) {
+            return self.send_error(id, &e).await;
+        }
+        let cap = if stats { 0 } else { MAX_LISTED };
+        let snapshot = match self.node.presence_snapshot(channel, cap).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence read failed");
+                let e =
+                    CommandError::new(ErrorCode::Internal, "presence is unavailable; try again");
+                return self.send_error(id, &e).await;
+            }
+        };
+        let frame = if stats {
+            encode_presence_stats_frame(id, channel, snapshot.total, snapshot.users)
+        } else {
+            encode_presence_frame(
+                id,
+                channel,
+                &snapshot.clients,
+                snapshot.users,
+                snapshot.total,
+            )
+        };
+        self.write(vec![Utf8Bytes::from(frame)]).await
     }
 
     async fn on_publish(&mut self, id: Option<u64>, channel: String, data: &str) -> Step {

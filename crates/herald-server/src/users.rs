@@ -86,6 +86,22 @@ impl UserSessions {
             .unwrap_or_default()
     }
 
+    /// Every user with the client ids of their sessions (for the presence
+    /// refresher of the redis engine).
+    pub fn all_clients(&self) -> Vec<(String, Vec<String>)> {
+        self.by_user
+            .lock()
+            .iter()
+            .map(|(user, list)| {
+                let clients = list
+                    .iter()
+                    .map(|e| crate::presence::client_id(e.conn.id))
+                    .collect();
+                (user.clone(), clients)
+            })
+            .collect()
+    }
+
     /// Asks every session of `user` to close with `code`; how many.
     pub fn kick(&self, user: &str, code: CloseCode) -> usize {
         // Collected first: a kicked session removes itself from the table.

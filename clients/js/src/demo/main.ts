@@ -7,9 +7,12 @@
  * The page asks `/health` whether the server runs in dev mode: only then does
  * it preset the user `alice` (a production server refuses a user without a
  * token); otherwise it connects anonymously, or with a pasted token.
+ * Beside each channel it shows who is subscribed (namespaces with
+ * `presence`), read at each (re)subscription and kept live by join/leave.
  */
+import { applyPresenceEvent } from '../presence.js'
 import { RealtimeService } from '../service.js'
-import type { MessageMeta, NotificationMeta, RealtimeOptions } from '../types.js'
+import type { MessageMeta, NotificationMeta, PresenceEntry, PresenceInfo, RealtimeOptions } from '../types.js'
 
 const MAX_ROWS = 200
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T
@@ -33,6 +36,8 @@ for (const key of ['minReconnectDelay', 'maxReconnectDelay', 'fallbackAfter', 'p
 
 let service: RealtimeService | null = null
 const subscriptions = new Map<string, () => void>()
+/** Who is in each channel, or why the page cannot say. */
+const presence = new Map<string, PresenceInfo | string>()
 const offService: Array<() => void> = []
 let messageCount = 0
 let notificationCount = 0
@@ -77,6 +82,36 @@ function onNotification(data: unknown, meta: NotificationMeta): void {
   prepend($('notifications'), row(`#${meta.offset} ${JSON.stringify(data)}`, { offset: String(meta.offset) }))
 }
 
+function describePresence(p: PresenceInfo | string | undefined): string {
+  if (p === undefined) return ''
+  if (typeof p === 'string') return p
+  const names = p.clients.map((c) => c.user || `anonymous ${c.client}`)
+  const more = p.total > p.clients.length ? ` and ${p.total - p.clients.length} more` : ''
+  return `${p.total} here (${p.users} users): ${names.join(', ')}${more}`
+}
+
+function readPresence(channel: string): void {
+  if (!service || !subscriptions.has(channel)) return
+  service.presence(channel).then(
+    (p) => {
+      if (!subscriptions.has(channel)) return
+      presence.set(channel, p)
+      renderChannels()
+    },
+    (err: { code?: number }) => {
+      presence.set(channel, err.code === 1012 ? 'presence is off for this namespace' : '')
+      renderChannels()
+    },
+  )
+}
+
+function onPresence(channel: string, kind: 'join' | 'leave', entry: PresenceEntry): void {
+  logEvent(`${entry.user || `anonymous ${entry.client}`} ${kind === 'join' ? 'joined' : 'left'} ${channel}`)
+  const p = presence.get(channel)
+  if (p !== undefined && typeof p !== 'string') presence.set(channel, applyPresenceEvent(p, kind, entry))
+  renderChannels()
+}
+
 function renderChannels(): void {
   const list = $('channels')
   list.replaceChildren()
@@ -84,12 +119,15 @@ function renderChannels(): void {
     const li = row('', { channel })
     const name = document.createElement('span')
     name.textContent = channel
+    const who = document.createElement('small')
+    who.className = 'presence'
+    who.textContent = describePresence(presence.get(channel))
     const remove = document.createElement('button')
     remove.type = 'button'
     remove.textContent = '×'
     remove.title = `unsubscribe ${channel}`
     remove.addEventListener('click', () => unsubscribe(channel))
-    li.append(name, remove)
+    li.append(name, remove, who)
     list.append(li)
   }
 }
@@ -97,7 +135,13 @@ function renderChannels(): void {
 function subscribe(channel: string): void {
   if (!service || subscriptions.has(channel)) return
   try {
-    subscriptions.set(channel, service.subscribe(channel, onMessage))
+    subscriptions.set(
+      channel,
+      service.subscribe(channel, onMessage, {
+        onJoin: (e) => onPresence(channel, 'join', e),
+        onLeave: (e) => onPresence(channel, 'leave', e),
+      }),
+    )
   } catch (err) {
     logEvent(String((err as Error).message ?? err), 'error')
     return
@@ -108,6 +152,7 @@ function subscribe(channel: string): void {
 function unsubscribe(channel: string): void {
   subscriptions.get(channel)?.()
   subscriptions.delete(channel)
+  presence.delete(channel)
   renderChannels()
 }
 
@@ -126,6 +171,8 @@ function start(): void {
     service.onGap((g) => logEvent(`gap on ${g.channel ?? 'notifications'}: resumed at ${g.cursor}, refetch`, 'gap')),
     service.on('error', (e) => logEvent(`error ${e.code}${e.channel ? ` on ${e.channel}` : ''}: ${e.message}`, 'error')),
     service.onNotification(onNotification),
+    // Joins and leaves missed while away are not replayed: read again.
+    service.on('subscribed', (s) => readPresence(s.channel)),
   )
   const channels = [...subscriptions.keys()]
   subscriptions.clear()

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { PACKAGE_ROOT, startHerald, type Herald } from '../helpers/herald.js'
+import { PACKAGE_ROOT, makeToken, startHerald, type Herald } from '../helpers/herald.js'
 import { startProxy, type Proxy } from '../helpers/proxy.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -148,6 +148,39 @@ describe('/realtime-demo in Chromium', () => {
       await page.screenshot({ path: join(ARTIFACTS, 'realtime-demo-production.png'), fullPage: true })
     } finally {
       await production.stop()
+    }
+  })
+
+  it('shows who is in each channel, kept live by joins and leaves', async () => {
+    const rooms = await startHerald({ extra: '[[namespaces]]\nname = "room"\nsubscribe = "authenticated"\njoin_leave = true\n' })
+    try {
+      const token = (user: string) => makeToken(user, 3600, { info: { name: user } })
+      const presenceText = (page: Page) =>
+        page.$eval('#channels li[data-channel="room:1"] .presence', (el) => el.textContent ?? '')
+      const a = await open(rooms.origin, `token=${token('ann')}&channels=room:1`)
+      await a.waitForFunction(
+        () => /^1 here \(1 users\): ann$/.test(document.querySelector('#channels .presence')?.textContent ?? ''),
+        null,
+        { timeout: 10_000 },
+      )
+      const b = await open(rooms.origin, `token=${token('bob')}&channels=room:1`)
+      await a.waitForFunction(() => /^2 here \(2 users\): ann, bob$/.test(document.querySelector('#channels .presence')?.textContent ?? ''), null, {
+        timeout: 10_000,
+      })
+      expect(await presenceText(b)).toMatch(/^2 here/)
+      await a.screenshot({ path: join(ARTIFACTS, 'realtime-demo-presence.png'), fullPage: true })
+      await b.close()
+      await a.waitForFunction(() => /^1 here \(1 users\): ann$/.test(document.querySelector('#channels .presence')?.textContent ?? ''), null, {
+        timeout: 10_000,
+      })
+      expect(await a.textContent('#events')).toMatch(/bob left room:1/)
+      // A namespace without presence says so.
+      const c = await open(rooms.origin, `token=${token('cid')}&channels=pub:1`)
+      await c.waitForFunction(() => /presence is off/.test(document.querySelector('#channels .presence')?.textContent ?? ''), null, {
+        timeout: 10_000,
+      })
+    } finally {
+      await rooms.stop()
     }
   })
 })

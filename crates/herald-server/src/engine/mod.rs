@@ -203,6 +203,82 @@ pub trait FanoutSink: Send + Sync {
     /// `stream` was removed and restarts at offset 1 under a new epoch; any
     /// subscriber that attached while it was being removed must resume.
     fn stream_removed(&self, _stream: &str) {}
+
+    /// A `join` or `leave` frame for `stream`'s subscribers, except
+    /// connection `except` (the client it is about): not stored, no offset.
+    fn deliver_event(&self, _stream: &str, _except: u64, _frame: String) {}
+}
+
+/// Who is in a channel: entries (at most the cap asked for) and exact counts.
+#[derive(Debug, Clone, Default)]
+pub struct PresenceSnapshot {
+    /// Entries' JSON objects, `{"client","user","info"}`.
+    pub clients: Vec<Arc<str>>,
+    /// Distinct users among the entries (anonymous clients not counted).
+    pub users: u64,
+    /// Entries in all.
+    pub total: u64,
+}
+
+/// One channel's entries of this node, for [`PresenceStore::refresh`].
+#[derive(Debug, Clone)]
+pub struct RefreshChannel {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Whether its namespace pushes `leave` (for entries found expired).
+    pub join_leave: bool,
+    /// This node's clients in it.
+    pub clients: Vec<Arc<str>>,
+}
+
+/// Presence kept for a whole cluster (the redis engine). Each node's
+/// entries carry an expiry that the node renews ([`PresenceStore::refresh`]);
+/// readers skip expired ones, so a killed node's entries vanish by themselves.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
+    /// Adds `entry` (of local connection `conn`) to `channel`, and sends
+    /// `event` (a `join` frame) to the channel's subscribers on every node.
+    async fn join(
+        &self,
+        channel: &str,
+        entry: &crate::presence::Entry,
+        conn: u64,
+        event: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+
+    /// Removes `client` (local connection `conn`) from `channel`, and sends
+    /// `event` (a `leave` frame) if it was there.
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &str,
+        conn: u64,
+        event: Option<&str>,
+    ) -> Result<(), EngineError>;
+
+    /// The live entries of `channel`, at most `cap` listed.
+    async fn read(&self, channel: &str, cap: usize) -> Result<PresenceSnapshot, EngineError>;
+
+    /// Renews this node's entries and users' sessions (batched), and
+    /// removes expired entries of the same channels (sending `leave` where
+    /// the namespace asks for it).
+    async fn refresh(
+        &self,
+        channels: &[RefreshChannel],
+        users: &[(String, Vec<String>)],
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+
+    /// Records session `client` of `user`.
+    async fn user_online(&self, user: &str, client: &str, ttl: Duration)
+        -> Result<(), EngineError>;
+
+    /// Forgets session `client` of `user`.
+    async fn user_offline(&self, user: &str, client: &str) -> Result<(), EngineError>;
+
+    /// Live sessions of `user`.
+    async fn user_connections(&self, user: &str) -> Result<u64, EngineError>;
 }
 
 /// Told by the hub when a stream gains its first local listener (a
@@ -292,6 +368,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// this one included; `None` for single-node engines.
     async fn nodes(&self) -> Result<Option<Vec<NodeReport>>, EngineError> {
         Ok(None)
+    }
+
+    /// Cluster-wide presence; `None` for single-node engines, whose
+    /// presence the node keeps in memory.
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        None
     }
 
     /// Finishes pending writes and releases the store.

@@ -33,7 +33,7 @@ pub struct ErrorDetail {
 }
 
 /// Every [`ErrorCode`], for the OpenAPI schema of `code`.
-const ALL_CODES: [ErrorCode; 12] = [
+const ALL_CODES: [ErrorCode; 13] = [
     ErrorCode::BadRequest,
     ErrorCode::Unauthorized,
     ErrorCode::PermissionDenied,
@@ -46,6 +46,7 @@ const ALL_CODES: [ErrorCode; 12] = [
     ErrorCode::TokenExpired,
     ErrorCode::NotConnected,
     ErrorCode::Internal,
+    ErrorCode::NotEnabled,
 ];
 
 /// The OpenAPI schema of an error `code`: an integer, one of [`ErrorCode`]'s.
@@ -61,7 +62,8 @@ impl utoipa::PartialSchema for ErrorCodeSchema {
                 "1000 bad request, 1001 unauthorized, 1002 permission denied, \
                  1003 invalid channel, 1004 limit exceeded, 1005 rate limited, \
                  1006 message too large, 1007 already subscribed, 1008 not subscribed, \
-                 1009 token expired, 1010 not connected, 1011 internal / unavailable",
+                 1009 token expired, 1010 not connected, 1011 internal / unavailable, \
+                 1012 not enabled for this namespace (e.g. presence)",
             ))
             .into()
     }
@@ -154,6 +156,8 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            // The resource (a channel's presence) does not exist there.
+            ErrorCode::NotEnabled => StatusCode::NOT_FOUND,
             ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
@@ -225,6 +229,7 @@ mod tests {
             ErrorCode::TokenExpired => 9,
             ErrorCode::NotConnected => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::NotEnabled => 12,
         }
     }
 

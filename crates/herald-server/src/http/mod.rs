@@ -10,6 +10,7 @@ pub(crate) mod ops;
 pub(crate) mod origin;
 pub(crate) mod poll;
 mod poll_limit;
+mod presence;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use error::ApiError;
     tags(
         (name = "server", description = "The server API: publishes and status, with the API key"),
         (name = "polling", description = "The polling fallback, with a client JWT"),
+        (name = "presence", description = "Who is subscribed to a channel (API key or a client JWT that may subscribe), and whether a user is online (API key)"),
         (name = "operations", description = "Health, readiness, metrics, the demo page, this description; no auth"),
         (name = "websocket", description = "The real-time connection"),
         (name = "admin", description = "The admin dashboard and its API, with the API key; lists are of the node that answers"),
@@ -157,6 +159,9 @@ pub fn router_and_doc(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi) {
     let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(crate::transport::ws::upgrade))
         .routes(routes!(poll::channel).layer(long))
+        .routes(routes!(presence::presence).layer(short.clone()))
+        .routes(routes!(presence::presence_stats).layer(short.clone()))
+        .routes(routes!(presence::user_status).layer(short.clone()))
         .routes(routes!(api::publish_channel).layer(publish))
         .merge(ops)
         .merge(publishes)

@@ -149,7 +149,7 @@ fn parse_params(query: Option<&str>) -> Result<PollParams, ApiError> {
     Ok(params)
 }
 
-fn identity(
+pub(crate) fn identity(
     node: &Node,
     headers: &HeaderMap,
     dev_user: Option<String>,

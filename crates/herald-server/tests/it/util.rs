@@ -28,6 +28,8 @@ pub fn ns(name: &str, subscribe: SubscribeRule, client_publish: bool) -> Namespa
         history_size: None,
         history_ttl: None,
         client_publish,
+        presence: false,
+        join_leave: false,
     }
 }
 

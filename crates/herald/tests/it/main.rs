@@ -13,6 +13,7 @@ mod hostile;
 mod logs;
 mod metrics;
 mod openapi;
+mod presence;
 mod publish;
 mod redis;
 mod ws_protocol;

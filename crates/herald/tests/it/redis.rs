@@ -966,3 +966,165 @@ async fn on_a_cluster_channels_spread_over_every_master_and_fan_out_is_sharded()
         );
     }
 }
+
+/// A node of the redis engine with presence namespaces and a short
+/// `presence.ttl`.
+fn presence_node(dir: &Path, name: &str, engine: &str, prefix: &str, ttl: &str) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[presence]\nttl = \"{ttl}\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\n{engine}\nredis_prefix = \"{prefix}\"\n{}",
+        crate::presence::NAMESPACES
+    );
+    std::fs::write(&path, text).unwrap();
+    Proc::start(dir, &["--config", path.to_str().unwrap()])
+}
+
+/// Presence on two nodes sharing a private Redis: either node answers for
+/// both, join/leave cross nodes (never echoed to their own client), and a
+/// node killed with `kill -9` loses its entries within `presence.ttl`.
+#[tokio::test]
+async fn presence_is_cluster_wide_and_a_killed_nodes_entries_vanish_within_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    presence_across_nodes(&one(&redis.url()), "herald").await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_presence_is_cluster_wide_and_a_killed_nodes_entries_vanish_within_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    presence_across_nodes(&cluster.engine(), "herald").await;
+}
+
+async fn presence_across_nodes(engine: &str, prefix: &str) {
+    use crate::presence::{client, clients_of, get, next_of, presence, subscribe, until_total};
+    let dir = tempfile::tempdir().unwrap();
+    let a = presence_node(dir.path(), "a", engine, prefix, "2s");
+    let mut b = presence_node(dir.path(), "b", engine, prefix, "2s");
+    let http = reqwest::Client::new();
+    let (mut ann, ann_id) = client(&a.ws_url(), "ann").await;
+    subscribe(&mut ann, "room:1").await;
+    let (mut bob, bob_id) = client(&b.ws_url(), "bob").await;
+    subscribe(&mut bob, "room:1").await;
+    assert_ne!(ann_id, bob_id, "client ids are unique across nodes");
+
+    // Bob's join crosses to node A.
+    let join = next_of(&mut ann, "join").await;
+    assert_eq!(join["info"]["client"], bob_id, "{join}");
+    assert_eq!(join["info"]["info"], json!({"name": "bob"}));
+    // Either node answers for both.
+    let mut both = vec![ann_id.clone(), bob_id.clone()];
+    both.sort();
+    for origin in [&a.origin, &b.origin] {
+        let body = until_total(&http, origin, "room:1", 2).await;
+        assert_eq!(body["users"], 2, "{body}");
+        assert_eq!(clients_of(&body), both);
+        let (status, body) = get(
+            &http,
+            &format!("{origin}/api/users/bob/status"),
+            Some(API_KEY),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({"userId":"bob","online":true,"connections":1}));
+    }
+    let reply = presence(&mut bob, "room:1").await;
+    assert_eq!(clients_of(&reply), both, "{reply}");
+    // Bob's own join, back from Redis on node B, was not echoed to him.
+    publish_ok(&http, &a.origin, "room:1", &json!("marker")).await;
+    loop {
+        let f = bob.next_frame().await.unwrap();
+        assert!(
+            f["type"] != "join" && f["type"] != "leave",
+            "echoed to self: {f}"
+        );
+        if f["type"] == "message" {
+            break;
+        }
+    }
+    // A leave crosses nodes too.
+    let (mut carl, carl_id) = client(&b.ws_url(), "carl").await;
+    subscribe(&mut carl, "room:1").await;
+    assert_eq!(next_of(&mut ann, "join").await["info"]["client"], carl_id);
+    let r = carl
+        .request(json!({"type":"unsubscribe","channel":"room:1"}))
+        .await
+        .unwrap();
+    assert_eq!(r["type"], "unsubscribed");
+    assert_eq!(next_of(&mut ann, "leave").await["info"]["client"], carl_id);
+    assert_eq!(next_of(&mut bob, "join").await["info"]["client"], carl_id);
+    assert_eq!(next_of(&mut bob, "leave").await["info"]["client"], carl_id);
+    // A closed session leaves the online status at once (not after the ttl).
+    carl.close().await;
+    until(Duration::from_secs(1), "carl offline", || {
+        let (http, url) = (http.clone(), format!("{}/api/users/carl/status", a.origin));
+        async move { get(&http, &url, Some(API_KEY)).await.1["online"] == false }
+    })
+    .await;
+
+    // Refreshes keep entries alive past the ttl.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    until_total(&http, &a.origin, "room:1", 2).await;
+
+    // kill -9: node B never says goodbye; its entries expire.
+    b.signal("-KILL");
+    b.wait_exit(Duration::from_secs(10));
+    let killed = Instant::now();
+    let body = until_total(&http, &a.origin, "room:1", 1).await;
+    assert_eq!(clients_of(&body), vec![ann_id.clone()]);
+    assert!(
+        killed.elapsed() < Duration::from_millis(3500),
+        "gone within presence.ttl (2 s, and a poll): {:?}",
+        killed.elapsed()
+    );
+    // Node A's refresher removes them and tells its subscribers.
+    let leave = next_of(&mut ann, "leave").await;
+    assert_eq!(leave["info"]["client"], bob_id);
+    let (_, body) = get(
+        &http,
+        &format!("{}/api/users/bob/status", a.origin),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(body, json!({"userId":"bob","online":false,"connections":0}));
+}
+
+/// A node drained with SIGTERM removes its clients' entries and sessions
+/// as it goes (with `leave` for the others), long before `presence.ttl`.
+#[tokio::test]
+async fn a_drained_node_takes_its_presence_entries_with_it() {
+    use crate::presence::{client, get, next_of, subscribe, until_total};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), free_port());
+    let engine = one(&redis.url());
+    let a = presence_node(dir.path(), "a", &engine, "herald", "60s");
+    let mut b = presence_node(dir.path(), "b", &engine, "herald", "60s");
+    let http = reqwest::Client::new();
+    let (mut ann, _) = client(&a.ws_url(), "ann").await;
+    subscribe(&mut ann, "room:drain").await;
+    let (mut bob, bob_id) = client(&b.ws_url(), "bob").await;
+    subscribe(&mut bob, "room:drain").await;
+    assert_eq!(next_of(&mut ann, "join").await["info"]["client"], bob_id);
+    until_total(&http, &a.origin, "room:drain", 2).await;
+    b.signal("-TERM");
+    let (disconnect, _) = bob.until_closed().await.unwrap();
+    assert_eq!(disconnect.map(|d| d["code"].clone()), Some(json!(4000)));
+    b.wait_exit(Duration::from_secs(15));
+    // Gone at once: the ttl (60 s) would take far longer.
+    let leave = next_of(&mut ann, "leave").await;
+    assert_eq!(leave["info"]["client"], bob_id);
+    let (status, body) = get(
+        &http,
+        &format!("{}/api/channels/room:drain/presence", a.origin),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!((status, body["total"].as_u64()), (200, Some(1)), "{body}");
+    let (_, body) = get(
+        &http,
+        &format!("{}/api/users/bob/status", a.origin),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(body["online"], false, "{body}");
+}

@@ -362,6 +362,14 @@ impl Fanout {
         let Ok(payload) = std::str::from_utf8(&msg.payload) else {
             return Ok(());
         };
+        if let Some(event) = payload.strip_prefix('!') {
+            // Presence's join / leave: `!<conn hex> <frame>` (see presence.rs).
+            if let Some((conn, frame)) = event.split_once(' ') {
+                let except = u64::from_str_radix(conn, 16).unwrap_or(0);
+                self.sink.deliver_event(stream, except, frame.to_owned());
+            }
+            return Ok(());
+        }
         let mut parts = payload.splitn(4, ' ');
         let (Some(epoch), Some(Ok(offset)), Some(Ok(ts)), Some(data)) = (
             parts.next(),

@@ -21,6 +21,7 @@
 
 mod conn;
 mod fanout;
+mod presence;
 mod pubsub;
 mod scripts;
 
@@ -90,6 +91,21 @@ impl Naming {
         format!("{}:p:{{{stream}}}", self.prefix)
     }
 
+    /// A channel's presence: expiries (sorted set) and entries (hash).
+    fn presence_keys(&self, channel: &str) -> (String, String) {
+        let p = &self.prefix;
+        (
+            format!("{p}:pz:{{{channel}}}"),
+            format!("{p}:ph:{{{channel}}}"),
+        )
+    }
+
+    /// A user's live sessions (sorted set client → expiry), in the slot of
+    /// the user's inbox.
+    fn online_key(&self, user: &str) -> String {
+        format!("{}:on:{{{}}}", self.prefix, crate::hub::inbox_key(user))
+    }
+
     fn idempotency_key(&self, stream: &str, key: &str) -> String {
         format!("{}:k:{{{stream}}}:{}", self.prefix, hex::encode(key))
     }
@@ -111,6 +127,7 @@ pub struct RedisEngine {
     history: Script,
     keep: Script,
     fanout: Arc<fanout::Fanout>,
+    presence: presence::RedisPresence,
 }
 
 impl Drop for RedisEngine {
@@ -174,7 +191,9 @@ impl RedisEngine {
         };
         let fanout =
             fanout::Fanout::start(source, conn.clone(), naming.clone(), history.clone(), sink);
+        let presence = presence::RedisPresence::new(conn.clone(), naming.clone());
         Ok(Self {
+            presence,
             conn,
             naming,
             publish: Script::new(scripts::PUBLISH),
@@ -546,6 +565,10 @@ impl Engine for RedisEngine {
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(Some(nodes))
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(&self.presence)
     }
 
     async fn close(&self) {

@@ -211,3 +211,69 @@ async fn a_sweep_keeps_watched_streams_alive() {
     assert!(ttl("u").await <= 60_000, "the unwatched one was not");
     engine.close().await;
 }
+
+/// 10,000 entries of 2,500 users: the list stops at 1,000, the counts stay
+/// exact; a leave counts at once; expired entries are skipped by readers
+/// and removed by a refresh.
+#[tokio::test]
+async fn presence_counts_stay_exact_and_the_list_is_capped() {
+    use crate::auth::Identity;
+    use crate::presence::Entry;
+    let prefix = Prefix::new();
+    let engine = RedisEngine::new(
+        RedisTarget::One(URL),
+        &prefix.0,
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    let store = engine.presence().unwrap();
+    let ttl = Duration::from_secs(30);
+    let ids: Vec<u64> = (1..=10_000).collect();
+    for chunk in ids.chunks(250) {
+        let joins = chunk.iter().map(|&i| async move {
+            let entry = Entry::new(i, &Identity::unverified(Some(format!("u{}", i % 2500))));
+            store.join("room:big", &entry, i, None, ttl).await
+        });
+        for r in futures_util::future::join_all(joins).await {
+            r.unwrap();
+        }
+    }
+    let s = store.read("room:big", 1000).await.unwrap();
+    assert_eq!((s.clients.len(), s.total, s.users), (1000, 10_000, 2500));
+    let stats = store.read("room:big", 0).await.unwrap();
+    assert_eq!((stats.clients.len(), stats.total), (0, 10_000));
+    store.leave("room:big", "1", 1, None).await.unwrap();
+    assert_eq!(store.read("room:big", 0).await.unwrap().total, 9_999);
+
+    // Entries whose node stopped refreshing: skipped, then removed.
+    let short = Duration::from_millis(50);
+    for i in 1..=3u64 {
+        let entry = Entry::new(i, &Identity::unverified(None));
+        store
+            .join("room:gone", &entry, i, None, short)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.read("room:gone", 10).await.unwrap().total, 3);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let s = store.read("room:gone", 10).await.unwrap();
+    assert_eq!((s.total, s.users, s.clients.len()), (0, 0, 0));
+    let channel = RefreshChannel {
+        channel: "room:gone".into(),
+        join_leave: true,
+        clients: Vec::new(),
+    };
+    store.refresh(&[channel], &[], ttl).await.unwrap();
+    let (zset, hash) = engine.naming.presence_keys("room:gone");
+    let mut conn = engine.conn.clone();
+    let left: (u64, u64) = ::redis::pipe()
+        .cmd("ZCARD")
+        .arg(&zset)
+        .cmd("HLEN")
+        .arg(&hash)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, (0, 0), "a refresh removes expired entries");
+    engine.close().await;
+}
