@@ -311,6 +311,7 @@ impl Conn {
                     open.write(&frames)
                 }
             };
+            metrics.lane_sends.inc();
             match wrote {
                 Wrote::All(frames) => {
                     metrics.frames_written_direct.inc_by(frames as u64);
@@ -709,6 +710,7 @@ impl Hub {
             None => encode_message_frame(&p.stream, &p.epoch, p.offset, p.ts, &p.data),
         };
         let encoded = EncodedPub::new(p.stream.clone(), p.offset, frame);
+        self.metrics.frames_encoded.inc();
         let sent = self.offer(subs.iter(), &encoded, to_flush);
         self.metrics.messages_delivered.inc_by(sent);
     }
@@ -801,6 +803,7 @@ impl FanoutSink for Hub {
             return;
         };
         let encoded = EncodedPub::new(key.clone(), 0, frame);
+        self.metrics.frames_encoded.inc();
         let mut to_flush = self.flush_lists();
         self.offer(
             subs.iter().filter(|c| c.id != except),

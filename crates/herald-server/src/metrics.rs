@@ -49,6 +49,12 @@ pub struct Metrics {
     /// Live frames written by their session after a wake-up (its lane was
     /// closed or stalled, or the socket has none: TLS).
     pub frames_written_by_session: Counter,
+    /// Publications encoded into a frame by the hub: once each, however
+    /// many subscribers share it.
+    pub frames_encoded: Counter,
+    /// `send`/`sendmsg` calls made through lanes (one per frame, or fewer
+    /// when frames queued up and went together).
+    pub lane_sends: Counter,
     /// Connections closed with 4003.
     pub slow_consumer_disconnects: Counter,
     /// Commands refused with 1005.
@@ -105,6 +111,8 @@ impl Metrics {
             messages_delivered: Counter::default(),
             frames_written_direct: Counter::default(),
             frames_written_by_session: Counter::default(),
+            frames_encoded: Counter::default(),
+            lane_sends: Counter::default(),
             messages_dropped: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
             rate_limited: Counter::default(),
@@ -200,6 +208,16 @@ impl Metrics {
             "frames_written_by_session",
             "Live frames written by their session after a wake-up (lane closed or stalled, or TLS)",
             m.frames_written_by_session.clone(),
+        );
+        registry.register(
+            "frames_encoded",
+            "Publications and presence events encoded by the hub (once each, shared by every subscriber)",
+            m.frames_encoded.clone(),
+        );
+        registry.register(
+            "lane_sends",
+            "send/sendmsg calls made through lanes (at most one per frame)",
+            m.lane_sends.clone(),
         );
         registry.register(
             "messages_dropped",

@@ -16,4 +16,5 @@ mod openapi;
 mod presence;
 mod publish;
 mod redis;
+mod work;
 mod ws_protocol;
