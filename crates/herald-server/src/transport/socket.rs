@@ -34,10 +34,12 @@ use super::buffer::{HeldBytes, ReadBuffer};
 use super::frame::{encode_close, encode_pong, encode_text, Decoded, Decoder, Event, Violation};
 use super::lane::Lane;
 
-/// Bytes a connection's read buffer keeps between frames: a typical
-/// command (a `connect` with its token included) fits, and every idle
-/// connection holds one.
-const READ_IDLE: usize = 512;
+/// Bytes a connection's read buffer keeps between frames: every idle
+/// connection holds one, so it is sized for the commands of a live
+/// connection (subscribe, ping, publish of a small message). A larger
+/// frame — a `connect` with a long token — grows the buffer for as long as
+/// it takes to read it, once per connection.
+const READ_IDLE: usize = 256;
 /// Write buffer capacity kept after a flush; a larger one (a replay page,
 /// a big message) is freed, not kept for the connection's life.
 const WRITE_IDLE: usize = 1024;
@@ -517,15 +519,17 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_pings_gets_one_pong_with_the_latest_payload() {
         let (mut s, mut client, _) = socket(1024);
-        let burst: Vec<u8> = (0..50u8).flat_map(|i| masked(0x89, &[i])).collect();
+        // A burst that arrives in one read (the idle buffer's size).
+        let n = (READ_IDLE / masked(0x89, &[0]).len()) as u8;
+        let burst: Vec<u8> = (0..n).flat_map(|i| masked(0x89, &[i])).collect();
         client.write_all(&burst).await.unwrap();
-        for _ in 0..50 {
+        for _ in 0..n {
             assert!(matches!(s.recv().await, Inbound::Control));
         }
         // The next recv finds nothing buffered: the pong goes out then.
         let idle = tokio::time::timeout(Duration::from_millis(50), s.recv()).await;
         assert!(idle.is_err());
-        assert_eq!(written(&mut client).await, vec![(0xA, vec![49])]);
+        assert_eq!(written(&mut client).await, vec![(0xA, vec![n - 1])]);
     }
 
     #[tokio::test]
