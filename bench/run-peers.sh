@@ -10,6 +10,9 @@
 # ratios to the floor) and bench/results/latency.svg (p50/p99 against load).
 # Usage: bash bench/run-peers.sh            (about 6 minutes)
 #        SCALE=small bash bench/run-peers.sh (a quick check, under a minute)
+#        SERVERS="herald floor" bash bench/run-peers.sh (a subset)
+#        SERVER_CPUS=0,1 bash bench/run-peers.sh (servers on both cores; the
+#          load generator then shares core 1 with them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,9 +22,11 @@ CARGO_TARGET_DIR="$ROOT/target/floor" cargo build --release --manifest-path benc
 H="$ROOT/target/release/herald"
 FLOOR="$ROOT/target/floor/release/herald-floor"
 WORK=$(mktemp -d)
-OUT="$ROOT/bench/results"
+OUT=${BENCH_OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 PORT=${BENCH_PORT:-8390}
+SERVERS=${SERVERS:-herald ws socketio floor}
+CPUS=${SERVER_CPUS:-0}
 URL="http://127.0.0.1:$PORT"
 KEY=bench-api-key
 SECRET=bench-secret-0123456789abcdef
@@ -51,10 +56,10 @@ TOKEN=$("$H" token --user bench --secret "$SECRET")
 start() { # start NAME
   stop
   case "$1" in
-    herald) (cd "$WORK" && exec taskset -c 0 "$H" serve --config "$WORK/herald.toml" >"$WORK/out" 2>&1) & ;;
-    ws) (cd bench/peers && PORT=$PORT exec taskset -c 0 node ws-server.mjs >"$WORK/out" 2>&1) & ;;
-    socketio) (cd bench/peers && PORT=$PORT exec taskset -c 0 node socketio-server.mjs >"$WORK/out" 2>&1) & ;;
-    floor) (PORT=$PORT exec taskset -c 0 "$FLOOR" >"$WORK/out" 2>&1) & ;;
+    herald) (cd "$WORK" && exec taskset -c "$CPUS" "$H" serve --config "$WORK/herald.toml" >"$WORK/out" 2>&1) & ;;
+    ws) (cd bench/peers && PORT=$PORT exec taskset -c "$CPUS" node ws-server.mjs >"$WORK/out" 2>&1) & ;;
+    socketio) (cd bench/peers && PORT=$PORT exec taskset -c "$CPUS" node socketio-server.mjs >"$WORK/out" 2>&1) & ;;
+    floor) (PORT=$PORT exec taskset -c "$CPUS" "$FLOOR" >"$WORK/out" 2>&1) & ;;
   esac
   SERVER_PID=$!
   for _ in $(seq 1 100); do grep -q listening "$WORK/out" 2>/dev/null && return; sleep 0.1; done
@@ -73,7 +78,7 @@ field() { # field LINE REGEX: the first number after REGEX
 echo "| server | fan-out ${BIG} × 10/s: CPU/delivery, p50, p99 | fan-out ${SMALL} × ${FAST}/s: CPU/delivery, p50, p99 | idle ${IDLE}: KiB/connection |" >"$WORK/table"
 echo "|---|---|---|---|" >>"$WORK/table"
 : >"$WORK/curve"
-for s in herald ws socketio floor; do
+for s in $SERVERS; do
   start "$s"
   big=$(run "$s" fanout --subscribers "$BIG" --rate 10 --duration "$DUR" --token "$TOKEN")
   start "$s"
