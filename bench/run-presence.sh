@@ -35,7 +35,7 @@ SERVER_PID=
 stop() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; fi; }
 trap "stop; rm -rf \"\$WORK\"" EXIT
 
-config() { # config ENGINE-TOML: the namespaces `off`, `pres` (presence), `jl` (join_leave)
+config() { # config ENGINE-TOML [LIMITS-TOML]: the namespaces `off`, `pres` (presence), `jl` (join_leave)
   cat <<TOML
 listen = "127.0.0.1:$PORT"
 [auth]
@@ -46,6 +46,7 @@ max_connections_per_ip = 1000000
 max_connections_per_user = 1000000
 commands_per_second = 1000000
 burst = 1000000
+${2:-}
 [engine]
 $1
 
@@ -65,6 +66,9 @@ join_leave = true
 TOML
 }
 config 'kind = "memory"' >"$WORK/memory.toml"
+# Outbound queues large enough for a mass join's pushes (see below).
+config 'kind = "memory"' 'outbound_queue = 1000000
+outbound_queue_bytes = 1073741824' >"$WORK/bigqueue.toml"
 config "kind = \"redis\"
 redis_url = \"$REDIS_URL\"
 redis_prefix = \"bench-presence-$$\"" >"$WORK/redis.toml"
@@ -94,7 +98,14 @@ run "fan-out $BIG, presence on" fanout --subscribers "$BIG" --rate 10 --duration
 start memory
 run "fan-out $JL, presence off" fanout --subscribers "$JL" --rate 10 --duration "$DUR" --channel off:bench
 start memory
-run "fan-out $JL, join/leave on" fanout --subscribers "$JL" --rate 10 --duration "$DUR" --channel jl:bench
+# With join/leave, the N subscribers joining at once push N²/2 join frames;
+# past limits.outbound_queue (1024) frames behind, a subscriber is closed as
+# a slow consumer: the default limits fail this run, larger queues pass.
+run "fan-out $JL, join/leave on, default outbound_queue" fanout --subscribers "$JL" --rate 10 --duration "$DUR" --channel jl:bench
+start bigqueue
+run "fan-out $JL, presence off, outbound_queue 1000000" fanout --subscribers "$JL" --rate 10 --duration "$DUR" --channel off:bench
+start bigqueue
+run "fan-out $JL, join/leave on, outbound_queue 1000000" fanout --subscribers "$JL" --rate 10 --duration "$DUR" --channel jl:bench
 
 # Unpaced, join/leave pushes go to the watchers faster than one core of
 # load generator reads them, and the server closes them as slow consumers
