@@ -11,7 +11,7 @@
 # prints the server's CPU time for the whole run, setup included: with
 # join/leave, N subscribers joining one channel fan out N²/2 join frames
 # before the first publish.
-# Usage: bash bench/run-presence.sh              (about 5 minutes)
+# Usage: bash bench/run-presence.sh              (about 4 minutes)
 #        SCALE=small bash bench/run-presence.sh  (a quick check)
 #        JL_SUBSCRIBERS=10000 bash bench/run-presence.sh (join/leave fan-out
 #        at 10,000 too: 50 million join frames during setup, minutes)
