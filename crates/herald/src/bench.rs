@@ -63,7 +63,7 @@ pub(crate) enum Protocol {
 
 /// A client of `common.url` subscribed to `channel`, and the offset it
 /// starts from. `user` names it where no token is given (dev mode).
-async fn join(
+pub(crate) async fn join(
     url: &str,
     protocol: Protocol,
     channel: &str,
@@ -200,6 +200,32 @@ enum Scenario {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Join/leave rates (SPEC §11): clients subscribe to one channel and
+    /// unsubscribe again, over and over, while watchers subscribed
+    /// throughout count the `join`/`leave` frames they get; reports
+    /// joins/s, leaves/s, subscribe and unsubscribe round trips, frames
+    /// seen against expected, and server CPU per join or leave.
+    Presence {
+        #[command(flatten)]
+        common: Common,
+        /// Clients that subscribe and unsubscribe.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Clients subscribed throughout that count the join/leave frames.
+        #[arg(long, default_value_t = 10)]
+        watchers: usize,
+        /// Subscribe/unsubscribe cycles per second per client (0: as fast
+        /// as answered; the server's `limits.commands_per_second` must allow it).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// The channel's namespace has `join_leave = true`: every watcher
+        /// must see every join and leave (without it, none).
+        #[arg(long)]
+        join_leave: bool,
+        /// Client token for `connect` (default: dev mode's `user`).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Idle connected sockets, each subscribed to one channel; reports the
     /// server's memory per connection (needs --server-pid).
     Idle {
@@ -237,6 +263,31 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                     rate,
                     before,
                     within,
+                    token,
+                },
+            )
+            .await
+        }
+        Scenario::Presence {
+            common,
+            clients,
+            watchers,
+            rate,
+            join_leave,
+            token,
+        } => {
+            if common.protocol != Protocol::Herald {
+                bail!("the presence scenario speaks Herald's protocol only");
+            }
+            let run_for = duration(&common)?;
+            crate::churn::run(
+                &common,
+                crate::churn::Churn {
+                    clients,
+                    watchers,
+                    rate,
+                    join_leave,
+                    run_for,
                     token,
                 },
             )
@@ -459,7 +510,7 @@ impl Tally {
 /// than the server it measures, and a timer, a copy and an allocation per
 /// frame made it the bottleneck. Server frames are unmasked; anything but
 /// a complete text, ping or close frame is skipped by its length.
-async fn lean_receive(
+pub(crate) async fn lean_receive(
     mut tcp: tokio::net::TcpStream,
     stop: &tokio_util::sync::CancellationToken,
     mut on_text: impl FnMut(&str),

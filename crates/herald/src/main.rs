@@ -4,6 +4,7 @@
 //! them to messages and exit codes.
 
 mod bench;
+mod churn;
 mod cli;
 mod dev;
 mod publish;
