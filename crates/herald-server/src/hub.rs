@@ -190,10 +190,17 @@ impl Conn {
     }
 
     /// Queues `p`. `can_flush`: a flusher runs, so an open lane may be used.
-    fn try_push(&self, p: Arc<EncodedPub>, can_flush: bool) -> Pushed {
+    /// `lossy` (presence's join / leave): only into the first half of the
+    /// queue's bounds, so an event never fills a queue a message needs.
+    fn try_push(&self, p: Arc<EncodedPub>, can_flush: bool, lossy: bool) -> Pushed {
         let len = p.frame.len();
         let mut queue = self.queue.lock();
-        if queue.frames.len() >= self.capacity || queue.bytes + len > self.max_bytes {
+        let (frames, bytes) = if lossy {
+            (self.capacity / 2, self.max_bytes / 2)
+        } else {
+            (self.capacity, self.max_bytes)
+        };
+        if queue.frames.len() >= frames || queue.bytes + len > bytes {
             return Pushed::Full;
         }
         let was_empty = queue.frames.is_empty();
@@ -711,27 +718,36 @@ impl Hub {
         };
         let encoded = EncodedPub::new(p.stream.clone(), p.offset, frame);
         self.metrics.frames_encoded.inc();
-        let sent = self.offer(subs.iter(), &encoded, to_flush);
+        let sent = self.offer(subs.iter(), &encoded, to_flush, false);
         self.metrics.messages_delivered.inc_by(sent);
     }
 
     /// Queues `encoded` for each of `conns`, noting in `to_flush` (one list
-    /// per flusher) those whose open lane a flusher must now write, and
-    /// kicking those whose queue is full; how many took it.
+    /// per flusher) those whose open lane a flusher must now write; how
+    /// many took it. A message that finds a queue full kicks that
+    /// connection (4003: it resumes from history). A `lossy` event (join /
+    /// leave: not stored, so nothing to resume) is skipped where the queue
+    /// is half full and counted, never a reason to close a connection: a
+    /// thousand clients joining a channel at once would otherwise close
+    /// everyone in it.
     fn offer<'a>(
         &self,
         conns: impl Iterator<Item = &'a Arc<Conn>>,
         encoded: &Arc<EncodedPub>,
         to_flush: &mut [Vec<Arc<Conn>>],
+        lossy: bool,
     ) -> u64 {
         let mut sent = 0u64;
         let can_flush = !to_flush.is_empty();
         for conn in conns {
-            match conn.try_push(encoded.clone(), can_flush) {
+            match conn.try_push(encoded.clone(), can_flush, lossy) {
                 Pushed::Queued => sent += 1,
                 Pushed::Flush => {
                     sent += 1;
                     to_flush[conn.id as usize % to_flush.len()].push(conn.clone());
+                }
+                Pushed::Full if lossy => {
+                    self.metrics.presence_events_dropped.inc();
                 }
                 Pushed::Full => {
                     if conn.kick_code().is_none() {
@@ -795,8 +811,8 @@ impl FanoutSink for Hub {
         shard.streams.contains_key(stream) || shard.waiters.contains_key(stream)
     }
 
-    /// Presence's `join` / `leave`: queued like a message (a full queue is a
-    /// slow consumer), with offset 0, which sessions pass on unfiltered.
+    /// Presence's `join` / `leave`: queued like a message, best effort (see
+    /// [`Hub::offer`]), with offset 0, which the marks pass unfiltered.
     fn deliver_event(&self, stream: &str, except: u64, frame: String) {
         let shard = self.shard(stream).read();
         let Some((key, subs)) = shard.streams.get_key_value(stream) else {
@@ -809,6 +825,7 @@ impl FanoutSink for Hub {
             subs.iter().filter(|c| c.id != except),
             &encoded,
             &mut to_flush,
+            true,
         );
         drop(shard);
         self.hand_to_flushers(to_flush);
@@ -939,6 +956,29 @@ mod tests {
         assert!(fast.kick_code().is_none());
         assert_eq!(offsets(&fast.next_batch(2).await), [1, 2]);
         assert_eq!(offsets(&fast.next_batch(2).await), [3]);
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_events_fill_half_a_queue_at_most_and_never_close_it() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let c = Arc::new(conn(1, 4));
+        hub.subscribe(&"c".into(), &c);
+        for i in 0..10 {
+            hub.deliver_event("c", 99, format!(r#"{{"type":"join","n":{i}}}"#));
+        }
+        assert!(c.kick_code().is_none(), "a burst of joins closes no one");
+        assert_eq!(metrics.presence_events_dropped.get(), 8);
+        // The other half is still there for messages.
+        hub.deliver(&[publication("c", 1), publication("c", 2)]);
+        assert!(c.kick_code().is_none());
+        let batch = c.next_batch(8).await;
+        assert_eq!(batch.frames.len(), 4, "two joins, then both messages");
+        // An event is never sent to the connection it is about.
+        hub.deliver_event("c", 1, "{}".into());
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), c.next_batch(8)).await;
+        assert!(waited.is_err());
     }
 
     #[tokio::test]

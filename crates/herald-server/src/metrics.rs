@@ -55,6 +55,9 @@ pub struct Metrics {
     /// `send`/`sendmsg` calls made through lanes (one per frame, or fewer
     /// when frames queued up and went together).
     pub lane_sends: Counter,
+    /// Presence join / leave frames skipped because the connection's queue
+    /// was half full (they are best effort; messages never are).
+    pub presence_events_dropped: Counter,
     /// Connections closed with 4003.
     pub slow_consumer_disconnects: Counter,
     /// Commands refused with 1005.
@@ -113,6 +116,7 @@ impl Metrics {
             frames_written_by_session: Counter::default(),
             frames_encoded: Counter::default(),
             lane_sends: Counter::default(),
+            presence_events_dropped: Counter::default(),
             messages_dropped: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
             rate_limited: Counter::default(),
@@ -218,6 +222,11 @@ impl Metrics {
             "lane_sends",
             "send/sendmsg calls made through lanes (at most one per frame)",
             m.lane_sends.clone(),
+        );
+        registry.register(
+            "presence_events_dropped",
+            "Join/leave frames skipped because the connection's queue was half full (best effort; messages never are)",
+            m.presence_events_dropped.clone(),
         );
         registry.register(
             "messages_dropped",
