@@ -57,7 +57,7 @@ pub struct MemoryEngine {
     streams: AtomicU64,
     history_bytes: AtomicU64,
     /// Read cursors by inbox (SPEC §11).
-    reads: Mutex<HashMap<Arc<str>, (Arc<str>, u64)>>,
+    reads: Mutex<HashMap<Arc<str>, ReadCursor>>,
 }
 
 impl std::fmt::Debug for MemoryEngine {

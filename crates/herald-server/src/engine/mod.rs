@@ -308,6 +308,9 @@ pub(crate) fn stream_epoch(base: &str, generation: u64) -> Arc<str> {
     }
 }
 
+/// A stored read cursor: the inbox's epoch and the newest offset read.
+pub type ReadCursor = (Arc<str>, u64);
+
 /// The read cursor to keep when `(epoch, offset)` is marked read over
 /// `current`: within one epoch it never moves backwards.
 pub(crate) fn later_read(
