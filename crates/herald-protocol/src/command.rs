@@ -87,6 +87,12 @@ pub enum Command {
         /// A valid channel name.
         channel: String,
     },
+    /// Marks the user's notifications read up to `cursor` (SPEC §11);
+    /// answered with `acked` and the unread count.
+    Ack {
+        /// The newest notification read.
+        cursor: Cursor,
+    },
     /// Client-side liveness check; answered with `pong`.
     Ping,
     /// Answer to the server's `ping`.
@@ -121,6 +127,8 @@ struct RawCommand<'a> {
     since: Option<Value>,
     #[serde(default)]
     notifications_since: Option<Value>,
+    #[serde(default)]
+    cursor: Option<Value>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
 }
@@ -216,6 +224,10 @@ fn build(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
         "presence_stats" => Command::PresenceStats {
             channel: channel(&raw.channel)?,
         },
+        "ack" => Command::Ack {
+            cursor: optional_cursor(&raw.cursor, "cursor")?
+                .ok_or_else(|| CommandError::bad_request("missing field: cursor"))?,
+        },
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {
@@ -304,6 +316,16 @@ mod tests {
                 .command,
             Command::PresenceStats { ref channel } if channel == "chat:1"
         ));
+        assert!(matches!(
+            parse_command(r#"{"type":"ack","id":5,"cursor":"e7Hq:3"}"#)
+                .unwrap()
+                .command,
+            Command::Ack { ref cursor } if cursor.epoch == "e7Hq" && cursor.offset == 3
+        ));
+        assert_eq!(
+            err(r#"{"type":"ack","id":5}"#),
+            (Some(5), ErrorCode::BadRequest)
+        );
         assert_eq!(
             err(r#"{"type":"presence","id":9,"channel":"bad name"}"#),
             (Some(9), ErrorCode::InvalidChannel)

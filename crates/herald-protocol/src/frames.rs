@@ -19,6 +19,8 @@ pub struct NotificationsState {
     pub recovered: bool,
     /// How many notifications follow as `notification` frames.
     pub missed: u64,
+    /// Notifications kept after the user's read cursor (SPEC §11).
+    pub unread: u64,
 }
 
 /// A reply or control frame from the server.
@@ -62,6 +64,12 @@ pub enum ServerFrame<'a> {
     Refreshed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+    },
+    /// Answer to `ack`: notifications still unread.
+    Acked {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        unread: u64,
     },
     /// Answer to a client `ping`.
     Pong {

@@ -40,6 +40,16 @@ pub enum NodeError {
     Engine(#[from] EngineError),
 }
 
+/// Messages of `head`'s stream after read cursor `read` (SPEC §11).
+fn unread_count(head: &crate::engine::HistoryPage, read: Option<&(Arc<str>, u64)>) -> u64 {
+    let read = match read {
+        Some((epoch, offset)) if *epoch == head.epoch => *offset,
+        _ => 0,
+    };
+    head.top
+        .saturating_sub(read.max(head.first_kept.saturating_sub(1)))
+}
+
 impl NodeError {
     /// The protocol code (1011 for engine failures).
     pub fn code(&self) -> ErrorCode {
@@ -931,6 +941,47 @@ impl Node {
             .inspect_err(|_| {
                 self.metrics.engine_errors.inc();
             })
+    }
+
+    /// Notifications of `user` kept after their read cursor (SPEC §11),
+    /// counted by offsets: `top − max(read, first kept − 1)` when the read
+    /// cursor is in the inbox's epoch, every kept one otherwise.
+    pub async fn unread(&self, user: &str) -> Result<u64, EngineError> {
+        let inbox = inbox_key(user);
+        let head = self
+            .history(&inbox, HistoryFrom::AfterOffset(u64::MAX), 0, 0)
+            .await?;
+        let read = self.engine.read_cursor(&inbox).await.inspect_err(|_| {
+            self.metrics.engine_errors.inc();
+        })?;
+        Ok(unread_count(&head, read.as_ref()))
+    }
+
+    /// Marks `user`'s notifications read up to `cursor` and returns how many
+    /// remain unread. A cursor past the inbox's newest offset is clamped to
+    /// it; one of another epoch (the inbox's history was lost since) changes
+    /// nothing; a read cursor never moves backwards.
+    pub async fn mark_read(&self, user: &str, cursor: &Cursor) -> Result<u64, EngineError> {
+        let inbox = inbox_key(user);
+        let head = self
+            .history(&inbox, HistoryFrom::AfterOffset(u64::MAX), 0, 0)
+            .await?;
+        let read = if *head.epoch == *cursor.epoch {
+            let offset = cursor.offset.min(head.top);
+            Some(
+                self.engine
+                    .mark_read(&inbox, &head.epoch, offset)
+                    .await
+                    .inspect_err(|_| {
+                        self.metrics.engine_errors.inc();
+                    })?,
+            )
+        } else {
+            self.engine.read_cursor(&inbox).await.inspect_err(|_| {
+                self.metrics.engine_errors.inc();
+            })?
+        };
+        Ok(unread_count(&head, read.as_ref()))
     }
 
     /// The newest `n` messages of `stream` (at most `limits.max_page_bytes`

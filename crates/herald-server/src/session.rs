@@ -402,6 +402,7 @@ impl Session {
             Command::Refresh { token } => self.on_refresh(id, &token).await,
             Command::Presence { channel } => self.on_presence(id, &channel, false).await,
             Command::PresenceStats { channel } => self.on_presence(id, &channel, true).await,
+            Command::Ack { cursor } => self.on_ack(id, &cursor).await,
         }
     }
 
@@ -481,7 +482,15 @@ impl Session {
             Err(e) => return self.refuse(id, &e, CloseCode::Shutdown).await,
         };
         self.inbox = Some(inbox.clone());
+        let unread = match self.node.unread(&user).await {
+            Ok(n) => n,
+            Err(e) => {
+                let e = CommandError::new(ErrorCode::Internal, e.to_string());
+                return self.refuse(id, &e, CloseCode::Shutdown).await;
+            }
+        };
         let state = NotificationsState {
+            unread,
             cursor: Cursor::new(recovery.epoch.to_string(), recovery.offset).to_string(),
             recovered: recovery.recovered,
             missed: recovery.missed,
@@ -635,6 +644,28 @@ impl Session {
     }
 
     /// `presence` and `presence_stats` (SPEC §11), cluster-wide.
+    /// `ack` (SPEC §11): moves the user's read cursor, answers the unread
+    /// count. Anonymous connections have no inbox: 1002.
+    async fn on_ack(&mut self, id: Option<u64>, cursor: &Cursor) -> Step {
+        let user = self.identity.as_ref().and_then(|i| i.user.clone());
+        let Some(user) = user else {
+            let e = CommandError::new(
+                ErrorCode::PermissionDenied,
+                "anonymous connections have no notifications to mark read",
+            );
+            return self.send_error(id, &e).await;
+        };
+        match self.node.mark_read(&user, cursor).await {
+            Ok(unread) => self.send(ServerFrame::Acked { id, unread }).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "marking notifications read failed");
+                let e =
+                    CommandError::new(ErrorCode::Internal, "read state is unavailable; try again");
+                self.send_error(id, &e).await
+            }
+        }
+    }
+
     async fn on_presence(&mut self, id: Option<u64>, channel: &str, stats: bool) -> Step {
         let who = self.identity.clone().unwrap_or_default();
         if let Err(e) = self.node.check_presence(&who, channel) {

@@ -56,6 +56,8 @@ pub struct MemoryEngine {
     channels: AtomicU64,
     streams: AtomicU64,
     history_bytes: AtomicU64,
+    /// Read cursors by inbox (SPEC §11).
+    reads: Mutex<HashMap<Arc<str>, ReadCursor>>,
 }
 
 impl std::fmt::Debug for MemoryEngine {
@@ -79,6 +81,7 @@ impl MemoryEngine {
             channels: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
+            reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -263,6 +266,22 @@ impl Engine for MemoryEngine {
         })
     }
 
+    async fn read_cursor(&self, stream: &str) -> Result<Option<(Arc<str>, u64)>, EngineError> {
+        Ok(self.reads.lock().get(stream).cloned())
+    }
+
+    async fn mark_read(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<(Arc<str>, u64), EngineError> {
+        let mut reads = self.reads.lock();
+        let kept = super::later_read(reads.get(stream).cloned(), epoch, offset);
+        reads.insert(stream.into(), kept.clone());
+        Ok(kept)
+    }
+
     async fn ready(&self) -> bool {
         true
     }
@@ -302,6 +321,7 @@ mod tests {
         offsets_are_gap_free_and_history_is_exact(&engine, &sink).await;
         ttl_expires_messages_but_not_offsets(&engine).await;
         sweeping_removes_expired_and_empty_unwatched_streams(&engine, &sink).await;
+        read_cursors_move_forward_only(&engine).await;
     }
 
     #[tokio::test]

@@ -308,6 +308,22 @@ pub(crate) fn stream_epoch(base: &str, generation: u64) -> Arc<str> {
     }
 }
 
+/// A stored read cursor: the inbox's epoch and the newest offset read.
+pub type ReadCursor = (Arc<str>, u64);
+
+/// The read cursor to keep when `(epoch, offset)` is marked read over
+/// `current`: within one epoch it never moves backwards.
+pub(crate) fn later_read(
+    current: Option<(Arc<str>, u64)>,
+    epoch: &str,
+    offset: u64,
+) -> (Arc<str>, u64) {
+    match current {
+        Some((e, o)) if &*e == epoch && o >= offset => (e, o),
+        _ => (epoch.into(), offset),
+    }
+}
+
 /// Whether `stream` is a channel (not an inbox) for [`Budget::max_channels`].
 pub(crate) fn is_channel(stream: &str) -> bool {
     !stream.starts_with(crate::hub::INBOX_PREFIX)
@@ -345,6 +361,20 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     async fn listening(&self, _stream: &str) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// The read cursor of inbox `stream` (SPEC §11): `(epoch, offset)`, or
+    /// `None` if its user never marked anything read. One per inbox.
+    async fn read_cursor(&self, stream: &str) -> Result<Option<(Arc<str>, u64)>, EngineError>;
+
+    /// Stores `(epoch, offset)` as inbox `stream`'s read cursor unless the
+    /// stored one is in the same epoch and not before it (a read cursor
+    /// never moves backwards within an epoch); returns the cursor kept.
+    async fn mark_read(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<(Arc<str>, u64), EngineError>;
 
     /// Whether the engine can take publishes now.
     async fn ready(&self) -> bool;
@@ -708,5 +738,22 @@ pub(crate) mod contract {
             .await
             .unwrap();
         assert_eq!((page.top, page.first_kept, page.messages.len()), (2, 3, 0));
+    }
+
+    /// Read cursors (SPEC §11): none at first, kept per inbox, never moved
+    /// backwards within an epoch, replaced by one of another epoch.
+    pub(crate) async fn read_cursors_move_forward_only(engine: &dyn Engine) {
+        assert!(engine.read_cursor("#r1").await.unwrap().is_none());
+        let kept = engine.mark_read("#r1", "ep1", 5).await.unwrap();
+        assert_eq!((&*kept.0, kept.1), ("ep1", 5));
+        let kept = engine.mark_read("#r1", "ep1", 3).await.unwrap();
+        assert_eq!((&*kept.0, kept.1), ("ep1", 5), "never backwards");
+        let kept = engine.mark_read("#r1", "ep1", 7).await.unwrap();
+        assert_eq!((&*kept.0, kept.1), ("ep1", 7));
+        let kept = engine.mark_read("#r1", "ep2", 1).await.unwrap();
+        assert_eq!((&*kept.0, kept.1), ("ep2", 1), "a new epoch replaces it");
+        let read = engine.read_cursor("#r1").await.unwrap().unwrap();
+        assert_eq!((&*read.0, read.1), ("ep2", 1));
+        assert!(engine.read_cursor("#r2").await.unwrap().is_none());
     }
 }

@@ -453,7 +453,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Reads a JSON body within `timeout`: a body still arriving then gets 408,
 /// and since nothing was handed to the engine yet, nothing was published.
-async fn read_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -159,6 +159,7 @@ pub fn router_and_doc(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi) {
     let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(crate::transport::ws::upgrade))
         .routes(routes!(poll::channel).layer(long))
+        .routes(routes!(poll::mark_read).layer(short.clone()))
         .routes(routes!(presence::presence).layer(short.clone()))
         .routes(routes!(presence::presence_stats).layer(short.clone()))
         .routes(routes!(presence::user_status).layer(short.clone()))

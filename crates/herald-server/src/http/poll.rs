@@ -92,6 +92,28 @@ pub(crate) struct InboxPage {
     pub recovered: bool,
     /// Whether more messages are waiting past this page.
     pub more: bool,
+    /// Notifications kept after the caller's read cursor (SPEC §11).
+    pub unread: u64,
+}
+
+/// The body of `POST /api/notifications/read`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadBody {
+    /// `epoch:offset` of the newest notification read. Past the inbox's
+    /// newest it is taken as the newest; of another epoch (the inbox's
+    /// history was lost since) it changes nothing. Never moves the read
+    /// cursor backwards.
+    #[schema(example = "e7Hq2kLm:17")]
+    pub cursor: String,
+}
+
+/// The caller's unread count.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Unread {
+    /// Notifications kept after the caller's read cursor.
+    pub unread: u64,
 }
 
 #[derive(Debug)]
@@ -209,7 +231,7 @@ async fn long_poll(
     Ok(node.poll(stream, &params.since, params.limit).await?)
 }
 
-fn render(label: (&str, &str), page: &PollPage) -> Response {
+fn render(label: (&str, &str), page: &PollPage, unread: Option<u64>) -> Response {
     let mut body = String::with_capacity(
         128 + page
             .messages
@@ -233,9 +255,13 @@ fn render(label: (&str, &str), page: &PollPage) -> Response {
         ));
     }
     body.push_str(&format!(
-        "],\"cursor\":\"{}\",\"recovered\":{},\"more\":{}}}",
+        "],\"cursor\":\"{}\",\"recovered\":{},\"more\":{}",
         page.cursor, page.recovered, page.more
     ));
+    if let Some(unread) = unread {
+        body.push_str(&format!(",\"unread\":{unread}"));
+    }
+    body.push('}');
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -261,7 +287,7 @@ async fn poll_channel(
     node.check_subscribe(&who, &channel)?;
     let stream: Arc<str> = channel.into();
     let page = long_poll(&node, &stream, &params).await?;
-    Ok(render(("channel", &stream), &page))
+    Ok(render(("channel", &stream), &page, None))
 }
 
 /// `GET /api/channels/{channel}/messages`
@@ -439,8 +465,57 @@ pub(crate) async fn notifications(
     };
     let stream = inbox_key(&user);
     let page = long_poll(&node, &stream, &params).await?;
-    Ok(render(("userId", &user), &page))
+    let unread = node.unread(&user).await?;
+    Ok(render(("userId", &user), &page, Some(unread)))
 }
+
+/// `POST /api/notifications/read`: moves the caller's read cursor.
+#[utoipa::path(
+    post,
+    path = "/api/notifications/read",
+    tag = "polling",
+    summary = "Mark the caller's notifications read up to a cursor",
+    security(("client_jwt" = [])),
+    request_body(content = ReadBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The read cursor moved (or stayed); the unread count", body = Unread),
+        (status = 400, description = "Malformed body or cursor (1000), malformed Authorization header (1001)", body = ErrorBody),
+        (status = 401, description = "No token, bad token (1001), expired token (1009), or a token without a user", body = ErrorBody),
+        (status = 403, description = "Dev mode: not a local page (1002)", body = ErrorBody),
+        (status = 408, description = "Body not received, or not answered, within limits.request_timeout", body = ErrorBody),
+        (status = 413, description = "Body too large (1006)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "Store unavailable (1011)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn mark_read(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::Json<Unread>, ApiError> {
+    let who = identity(&node, &headers, None)?;
+    let Some(user) = who.user else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "marking notifications read needs an authenticated user",
+        ));
+    };
+    let read: ReadBody = super::api::read_body(
+        &headers,
+        body,
+        READ_BODY_BYTES,
+        node.config().limits.request_timeout,
+    )
+    .await?;
+    let cursor = herald_protocol::Cursor::parse(&read.cursor)
+        .map_err(|_| ApiError::bad_request("cursor must be a cursor \"{epoch}:{offset}\""))?;
+    let unread = node.mark_read(&user, &cursor).await?;
+    Ok(axum::Json(Unread { unread }))
+}
+
+/// Largest body of `POST /api/notifications/read`: a cursor and some slack.
+const READ_BODY_BYTES: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -495,16 +570,19 @@ mod tests {
             .build()
             .unwrap();
         let channel: ChannelPage =
-            serde_json::from_str(&rt.block_on(body(render(("channel", "c\"1"), &page)))).unwrap();
+            serde_json::from_str(&rt.block_on(body(render(("channel", "c\"1"), &page, None))))
+                .unwrap();
         assert_eq!(channel.channel, "c\"1");
         assert_eq!(channel.messages[0].cursor, "e7Hq:3");
         assert_eq!(channel.messages[0].data["a"][1], "x\"y");
         let inbox: InboxPage =
-            serde_json::from_str(&rt.block_on(body(render(("userId", "u1"), &page)))).unwrap();
+            serde_json::from_str(&rt.block_on(body(render(("userId", "u1"), &page, Some(3)))))
+                .unwrap();
         assert_eq!(
             (inbox.user_id.as_str(), inbox.cursor.as_str()),
             ("u1", "e7Hq:3")
         );
+        assert_eq!(inbox.unread, 3);
     }
 
     #[test]

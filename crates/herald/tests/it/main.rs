@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod presence;
 mod publish;
+mod read_state;
 mod redis;
 mod work;
 mod ws_protocol;

@@ -22,6 +22,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/venues/{venue}/vibe-checks"),
     ("get", "/api/venues/{venue}/promotions"),
     ("get", "/api/notifications"),
+    ("post", "/api/notifications/read"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),

@@ -305,6 +305,46 @@ async fn poll_across_nodes(engine: &str, prefix: &str) {
     );
 }
 
+#[tokio::test]
+async fn a_read_on_one_node_is_seen_by_the_other() {
+    let prefix = Prefix::new();
+    read_across_nodes(&one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_read_on_one_node_is_seen_by_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    read_across_nodes(&cluster.engine(), "herald").await;
+}
+
+/// Read state (SPEC §11) is the cluster's: an `ack` on one node moves the
+/// unread count the other node reports, and the other way round over HTTP.
+async fn read_across_nodes(engine: &str, prefix: &str) {
+    use crate::read_state::{ack, connect, mark_read, notify, polled_unread};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path(), engine, prefix);
+    let http = reqwest::Client::new();
+    let mut cursors = Vec::new();
+    for i in 0..4 {
+        cursors.push(notify(&http, &a.origin, "ru", json!({ "i": i })).await);
+    }
+    let (mut on_a, state) = connect(&a.ws_url(), "ru").await;
+    assert_eq!(state["unread"], 4, "{state}");
+    let reply = ack(&mut on_a, &cursors[1]).await;
+    assert_eq!(reply["unread"], 2, "{reply}");
+    assert_eq!(polled_unread(&http, &b.origin, "ru").await, 2);
+    let (_on_b, state) = connect(&b.ws_url(), "ru").await;
+    assert_eq!(state["unread"], 2, "{state}");
+    let (status, body) = mark_read(&http, &b.origin, Some(&user_token("ru")), &cursors[2]).await;
+    assert_eq!((status, body["unread"].as_u64()), (200, Some(1)), "{body}");
+    let reply = ack(&mut on_a, &cursors[0]).await;
+    assert_eq!(
+        reply["unread"], 1,
+        "never backwards, whichever node: {reply}"
+    );
+}
+
 /// A private `redis-server` on a free loopback port; killed when dropped.
 struct PrivateRedis {
     child: Option<Child>,

@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (stream, offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_expire_at ON messages (expire_at);
+CREATE TABLE IF NOT EXISTS read_cursors (stream TEXT PRIMARY KEY, epoch TEXT NOT NULL, offset INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     stream TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -271,6 +272,20 @@ impl EmbeddedEngine {
     }
 }
 
+fn read_cursor_row(
+    conn: &Connection,
+    stream: &str,
+) -> Result<Option<(Arc<str>, u64)>, EngineError> {
+    conn.query_row(
+        "SELECT epoch, offset FROM read_cursors WHERE stream = ?1",
+        [stream],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+    )
+    .optional()
+    .map_err(db_err)
+    .map(|row| row.map(|(e, o)| (Arc::from(e), o.max(0) as u64)))
+}
+
 fn read_history(
     conn: &mut Connection,
     epoch: &Arc<str>,
@@ -397,6 +412,58 @@ impl Engine for EmbeddedEngine {
         })
         .await
         .map_err(|e| db_err(format!("reader task failed: {e}")))?
+    }
+
+    async fn read_cursor(&self, stream: &str) -> Result<Option<(Arc<str>, u64)>, EngineError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        let stream = stream.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => Self::open_reader(&path)?,
+            };
+            let result = read_cursor_row(&conn, &stream);
+            let mut pool = readers.lock();
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| db_err(format!("reader task failed: {e}")))?
+    }
+
+    /// Written on a connection of its own (SQLite's busy timeout waits for
+    /// the writer's transaction): one small upsert, no job for the writer.
+    async fn mark_read(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<(Arc<str>, u64), EngineError> {
+        let path = self.path.clone();
+        let stream = stream.to_owned();
+        let epoch = epoch.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connection::open(&path).map_err(db_err)?;
+            conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let kept = super::later_read(read_cursor_row(&tx, &stream)?, &epoch, offset);
+            tx.execute(
+                "INSERT INTO read_cursors (stream, epoch, offset) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (stream) DO UPDATE SET epoch = excluded.epoch, offset = excluded.offset",
+                rusqlite::params![stream, &*kept.0, kept.1 as i64],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(kept)
+        })
+        .await
+        .map_err(|e| db_err(format!("store task failed: {e}")))?
     }
 
     async fn ready(&self) -> bool {
@@ -538,6 +605,7 @@ mod tests {
         offsets_are_gap_free_and_history_is_exact(&engine, &sink).await;
         ttl_expires_messages_but_not_offsets(&engine).await;
         sweeping_removes_expired_and_empty_unwatched_streams(&engine, &sink).await;
+        read_cursors_move_forward_only(&engine).await;
         engine.close().await;
     }
 

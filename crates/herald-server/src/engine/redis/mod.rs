@@ -78,6 +78,11 @@ impl Naming {
     }
 
     /// The sorted set of node ids by last announcement.
+    /// An inbox's read cursor, in the inbox's slot.
+    fn read_key(&self, stream: &str) -> String {
+        format!("{}:r:{{{stream}}}", self.prefix)
+    }
+
     fn nodes_key(&self) -> String {
         format!("{{{}:nodes}}", self.prefix)
     }
@@ -126,6 +131,7 @@ pub struct RedisEngine {
     publish: Script,
     history: Script,
     keep: Script,
+    mark_read: Script,
     fanout: Arc<fanout::Fanout>,
     presence: presence::RedisPresence,
 }
@@ -199,6 +205,7 @@ impl RedisEngine {
             publish: Script::new(scripts::PUBLISH),
             history,
             keep: Script::new(scripts::KEEP),
+            mark_read: Script::new(scripts::MARK_READ),
             fanout,
         })
     }
@@ -392,6 +399,12 @@ async fn read_history(
     parse_page(reply)
 }
 
+/// A stored read cursor, `"<epoch> <offset>"`.
+fn parse_read(v: &str) -> Option<(Arc<str>, u64)> {
+    let (e, o) = v.split_once(' ')?;
+    Some((e.into(), o.parse().ok()?))
+}
+
 fn parse_page(reply: Vec<Value>) -> Result<HistoryPage, EngineError> {
     let bad = || EngineError("redis: malformed history reply".into());
     let mut it = reply.into_iter();
@@ -512,6 +525,32 @@ impl Engine for RedisEngine {
     /// The node's report under a key that expires unless renewed, and its id
     /// in a sorted set by time: a killed node drops out by itself. The keys
     /// share one hash tag, so a Cluster port reads them in one slot.
+    async fn read_cursor(&self, stream: &str) -> Result<Option<(Arc<str>, u64)>, EngineError> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = bounded(
+            ::redis::cmd("GET")
+                .arg(self.naming.read_key(stream))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(value.and_then(|v| parse_read(&v)))
+    }
+
+    async fn mark_read(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<(Arc<str>, u64), EngineError> {
+        let mut call = self.mark_read.prepare_invoke();
+        call.key(self.naming.read_key(stream))
+            .arg(epoch)
+            .arg(offset);
+        let mut conn = self.conn.clone();
+        let (e, o): (String, u64) = bounded(call.invoke_async(&mut conn)).await?;
+        Ok((e.into(), o))
+    }
+
     async fn announce(&self, node: &NodeReport) -> Result<(), EngineError> {
         let report = serde_json::to_string(node).map_err(engine_error)?;
         let now = unix_millis();

@@ -144,3 +144,22 @@ if t >= 0 and t < tonumber(ARGV[1]) then
 end
 return t
 "#;
+
+/// Marks an inbox read up to a cursor (SPEC §11); within one epoch the
+/// stored cursor never moves backwards.
+///
+/// KEYS: the read key (string `"<epoch> <offset>"`).
+/// ARGV: epoch, offset.
+///
+/// Returns `{epoch, offset}` as kept.
+pub(super) const MARK_READ: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local e, o = string.match(cur, '^(%w+) (%d+)$')
+  if e == ARGV[1] and tonumber(o) >= tonumber(ARGV[2]) then
+    return {e, o}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+return {ARGV[1], ARGV[2]}
+"#;

@@ -47,6 +47,7 @@ async fn redis_engine_contract() {
     }
     offsets_are_gap_free_and_history_is_exact(&engine, &sink).await;
     ttl_expires_messages_but_not_offsets(&engine).await;
+    read_cursors_move_forward_only(&engine).await;
     engine.close().await;
 }
 
