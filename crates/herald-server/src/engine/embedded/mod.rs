@@ -74,6 +74,10 @@ pub struct EmbeddedEngine {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
     read_slots: Arc<tokio::sync::Semaphore>,
+    /// The one connection read cursors are written on, opened at first use:
+    /// acks wait their turn for it (asynchronously), so a flood of them
+    /// holds one descriptor set and one blocking thread, not one each.
+    cursor_db: Arc<tokio::sync::Mutex<Option<Connection>>>,
     shared: Arc<Shared>,
 }
 
@@ -207,6 +211,7 @@ impl EmbeddedEngine {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(readers)),
+            cursor_db: Arc::new(tokio::sync::Mutex::new(None)),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
             shared,
         })
@@ -446,9 +451,16 @@ impl Engine for EmbeddedEngine {
         let path = self.path.clone();
         let stream = stream.to_owned();
         let epoch = epoch.to_owned();
+        let mut db = self.cursor_db.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || {
-            let mut conn = Connection::open(&path).map_err(db_err)?;
-            conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+            let conn = match db.as_mut() {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open(&path).map_err(db_err)?;
+                    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+                    db.insert(conn)
+                }
+            };
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
