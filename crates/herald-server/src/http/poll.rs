@@ -262,6 +262,12 @@ fn render(label: (&str, &str), page: &PollPage, unread: Option<u64>) -> Response
         body.push_str(&format!(",\"unread\":{unread}"));
     }
     body.push('}');
+    json_no_store(body)
+}
+
+/// `body` (JSON text, already encoded) as a response nobody may cache: the
+/// poll pages and presence answers.
+pub(super) fn json_no_store(body: String) -> Response {
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

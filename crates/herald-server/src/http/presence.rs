@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::Json;
 use herald_protocol::{validate_channel, validate_user_id};
 use serde::Serialize;
@@ -84,18 +84,6 @@ fn authorize(
     Ok(node.check_presence(&who, channel)?)
 }
 
-fn json_response(body: String) -> Response {
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 /// `GET /api/channels/{channel}/presence`
 #[utoipa::path(
     get,
@@ -124,7 +112,7 @@ pub(crate) async fn presence(
     authorize(&node, &headers, &channel, &gate)?;
     let s = node.presence_snapshot(&channel, MAX_LISTED).await?;
     // Entries are JSON already: written as they are, never re-parsed.
-    Ok(json_response(
+    Ok(super::poll::json_no_store(
         herald_protocol::encode_presence_frame(None, &channel, &s.clients, s.users, s.total)
             .replacen(r#""type":"presence","#, "", 1),
     ))
@@ -162,7 +150,7 @@ pub(crate) async fn presence_stats(
         clients: s.total,
         users: s.users,
     };
-    Ok(json_response(
+    Ok(super::poll::json_no_store(
         serde_json::to_string(&body).unwrap_or_default(),
     ))
 }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::util::{write_config, Proc, API_KEY, SECRET};
+use crate::util::{metric, write_config, Proc, API_KEY, SECRET};
 
 /// How long the crowd runs.
 const CROWD: Duration = Duration::from_secs(20);
@@ -76,24 +76,6 @@ fn usage(pid: u32) -> (u64, usize, u64) {
         .unwrap()
         .count();
     (kib("VmRSS:") * 1024, fds, kib("VmHWM:") * 1024)
-}
-
-/// One gauge or counter from `/metrics`; its absence fails the test.
-async fn metric(http: &reqwest::Client, origin: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("/metrics has no {name}"))
 }
 
 /// A raw TCP socket to the server with a small receive buffer, so a client

@@ -7,26 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::util::{user_token, write_config, Proc, API_KEY};
-
-async fn scrape(http: &reqwest::Client, origin: &str) -> String {
-    http.get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (key, v) = l.split_once(' ')?;
-            (key == name).then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
+use crate::util::{metric_in, scrape, user_token, write_config, Proc, API_KEY};
 
 /// Every sample name the exposition can hold: samples present, and those of
 /// families declared without samples yet (a labelled counter before its
@@ -134,15 +115,15 @@ async fn counters_move_by_what_the_workload_did_and_deploy_names_only_real_metri
     }
 
     let after = scrape(&http, &origin).await;
-    let moved = |name: &str| value(&after, name) - value(&before, name);
+    let moved = |name: &str| metric_in(&after, name) - metric_in(&before, name);
     assert_eq!(moved("herald_messages_published_total"), 10.0);
     // 5 × 2 subscribers + 2 × 1 + 3 notifications × 1 connection.
     assert_eq!(moved("herald_messages_delivered_total"), 15.0);
     assert_eq!(moved("herald_messages_dropped_total"), 0.0);
     assert!(moved("herald_publish_to_send_seconds_count") >= 1.0);
-    assert_eq!(value(&after, "herald_connections"), 4.0);
+    assert_eq!(metric_in(&after, "herald_connections"), 4.0);
     // Three channel subscriptions and one inbox listener.
-    assert_eq!(value(&after, "herald_subscriptions"), 4.0);
+    assert_eq!(metric_in(&after, "herald_subscriptions"), 4.0);
     assert_eq!(moved("herald_engine_errors_total"), 0.0);
 
     // Every family has HELP text.

@@ -387,18 +387,7 @@ async fn the_entry_gauge_comes_back_to_zero_when_everyone_leaves() {
 }
 
 async fn gauge(http: &reqwest::Client, origin: &str) -> u64 {
-    let text = http
-        .get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("herald_presence_entries "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no herald_presence_entries in /metrics"))
+    metric(http, origin, "herald_presence_entries").await as u64
 }
 
 /// A client that goes silent is closed for its heartbeat (4002) and leaves.

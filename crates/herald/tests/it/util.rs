@@ -140,6 +140,32 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The server's `/metrics` text.
+pub async fn scrape(http: &reqwest::Client, origin: &str) -> String {
+    http.get(format!("{origin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// One sample of `text` (a `/metrics` scrape); its absence fails the test.
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("/metrics has no {name}"))
+}
+
+/// One gauge or counter from `/metrics`; its absence fails the test.
+pub async fn metric(http: &reqwest::Client, origin: &str, name: &str) -> f64 {
+    metric_in(&scrape(http, origin).await, name)
+}
+
 /// A config file with known secrets, an embedded store in `dir/data`.
 pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("herald.toml");

@@ -13,29 +13,15 @@ use std::time::{Duration, Instant};
 use herald_client::Client;
 use serde_json::json;
 
-use crate::util::{user_token, write_config, Proc, API_KEY};
+use crate::util::{metric_in, scrape, user_token, write_config, Proc, API_KEY};
 
 const SUBSCRIBERS: u64 = 200;
 const SINGLES: u64 = 20;
 const BURST: u64 = 20;
 
 async fn counters(http: &reqwest::Client, origin: &str) -> Counters {
-    let text = http
-        .get(format!("{origin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                let (key, v) = l.split_once(' ')?;
-                (key == name).then(|| v.trim().parse::<f64>().ok())?
-            })
-            .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
-    };
+    let text = scrape(http, origin).await;
+    let value = |name: &str| metric_in(&text, name) as u64;
     Counters {
         encoded: value("herald_frames_encoded_total"),
         delivered: value("herald_messages_delivered_total"),
