@@ -291,6 +291,14 @@ pub fn sign_hs256_json(secret: &str, claims: &serde_json::Value) -> Result<Strin
     .map_err(|e| KeyError(format!("cannot sign token: {e}")))
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

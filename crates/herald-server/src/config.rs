@@ -58,6 +58,9 @@ pub enum SubscribeRule {
     /// Users whose token's `channels` claim names the channel, or a pattern
     /// covering it (`venue:*`, `*`).
     Claim,
+    /// The application's backend decides: `proxy.subscribe_url` is asked
+    /// (SPEC §11 "Backend hooks") and its answer cached per (user, channel).
+    Proxy,
 }
 
 /// Which engine stores history and fans messages out (SPEC §7).
@@ -103,17 +106,135 @@ pub struct Config {
     pub engine: EngineConfig,
     /// History defaults for namespaces.
     pub history: RetentionConfig,
-    /// Notification inbox retention.
-    pub notifications: RetentionConfig,
+    /// Notification inbox retention, and the `notification_undelivered` hook.
+    pub notifications: NotificationsConfig,
     /// Namespaces: extend the built-in ones; one with a built-in's name replaces it.
     pub namespaces: Vec<NamespaceConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Presence (namespaces with `presence` or `join_leave`).
     pub presence: PresenceConfig,
+    /// The application's backend deciding subscribes and connects.
+    pub proxy: ProxyConfig,
+    /// Signed HTTP callbacks to the application's backend.
+    pub webhooks: Vec<WebhookConfig>,
     /// Serve TLS (`https://`, `wss://`) directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+}
+
+/// `[notifications]`: how much of each user's inbox is kept, and when an
+/// unseen notification is handed to the backend for a mobile push.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Notifications kept per user (exact).
+    pub size: usize,
+    /// How long a notification is kept.
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+    /// When set, a notification that reached none of its user's
+    /// connections or polls within this time fires the
+    /// `notification_undelivered` webhook (once per cluster). Unset: off.
+    #[serde(
+        default,
+        with = "opt_duration_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub undelivered_after: Option<Duration>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(30 * 24 * 3600),
+            undelivered_after: None,
+        }
+    }
+}
+
+/// `[proxy]`: the backend hooks of SPEC §11.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Asked (POST) whether a user may subscribe to (or poll) a channel of
+    /// a namespace with `subscribe = "proxy"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_url: Option<String>,
+    /// Asked (POST) who a `connect` without a token is, from its `data`
+    /// and the upgrade's cookie, origin and user-agent headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_url: Option<String>,
+    /// Time the backend has to answer; a slower answer is an error
+    /// (1011 / 503), never an allow.
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Sent as `Authorization: Bearer <secret>` with every proxy request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// How long a subscribe decision is remembered per (user, channel)
+    /// when the answer gives no `ttl_s`.
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            subscribe_url: None,
+            connect_url: None,
+            timeout: Duration::from_secs(2),
+            secret: None,
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The events a webhook can ask for (SPEC §11 "Webhooks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// A channel got its first subscriber (cluster-wide).
+    ChannelOccupied,
+    /// A channel lost its last subscriber (cluster-wide).
+    ChannelVacated,
+    /// A user opened their first connection (cluster-wide).
+    UserOnline,
+    /// A user closed their last connection (cluster-wide).
+    UserOffline,
+    /// A notification reached none of its user's connections or polls
+    /// within `notifications.undelivered_after`.
+    NotificationUndelivered,
+}
+
+impl WebhookEvent {
+    /// The event's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChannelOccupied => "channel_occupied",
+            Self::ChannelVacated => "channel_vacated",
+            Self::UserOnline => "user_online",
+            Self::UserOffline => "user_offline",
+            Self::NotificationUndelivered => "notification_undelivered",
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// Which events go there.
+    pub events: Vec<WebhookEvent>,
+    /// Key of the `Herald-Signature` HMAC-SHA256 (at least 16 bytes).
+    pub secret: String,
 }
 
 /// `[log]`
@@ -264,6 +385,25 @@ pub struct LimitsConfig {
     #[serde(with = "duration_str")]
     #[schemars(with = "String")]
     pub fragment_timeout: Duration,
+    /// Proxy requests (subscribe and connect) in flight at once on this
+    /// node; past it, a request waits its turn within `proxy.timeout`.
+    pub proxy_concurrency: usize,
+    /// Subscribe decisions the proxy cache holds; the oldest go first.
+    pub proxy_cache_entries: usize,
+    /// Webhook deliveries waiting on this node (all URLs together); an
+    /// event past it is dropped and counted.
+    pub webhook_queue: usize,
+    /// Webhook requests in flight at once on this node.
+    pub webhook_concurrency: usize,
+    /// Time one webhook request may take (a slower one counts as failed
+    /// and is retried).
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub webhook_timeout: Duration,
+    /// How long an event is retried (with backoff) before it is dropped.
+    #[serde(with = "duration_str")]
+    #[schemars(with = "String")]
+    pub webhook_retry_for: Duration,
 }
 
 /// `[presence]`
@@ -327,7 +467,7 @@ pub struct EngineConfig {
     pub sweep_interval: Duration,
 }
 
-/// `[history]` and `[notifications]`: how much of a stream is kept.
+/// `[history]`: how much of each channel is kept.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
@@ -403,13 +543,12 @@ impl Default for Config {
                 size: 1000,
                 ttl: Duration::from_secs(24 * 3600),
             },
-            notifications: RetentionConfig {
-                size: 1000,
-                ttl: Duration::from_secs(30 * 24 * 3600),
-            },
+            notifications: NotificationsConfig::default(),
             namespaces: Vec::new(),
             log: LogConfig::default(),
             presence: PresenceConfig::default(),
+            proxy: ProxyConfig::default(),
+            webhooks: Vec::new(),
             tls: None,
         }
     }
@@ -466,6 +605,12 @@ impl Default for LimitsConfig {
             trusted_proxies: Vec::new(),
             max_json_depth: 32,
             fragment_timeout: Duration::from_secs(10),
+            proxy_concurrency: 64,
+            proxy_cache_entries: 100_000,
+            webhook_queue: 10_000,
+            webhook_concurrency: 16,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_retry_for: Duration::from_secs(600),
         }
     }
 }
@@ -477,6 +622,19 @@ impl Default for HeartbeatConfig {
             pong_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// An `http://` or `https://` URL with a host, for the backend hooks. The
+/// message never repeats the URL: it may hold credentials.
+fn validate_http_url(field: &str, raw: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| invalid(field, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(field, "the scheme must be http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(field, "has no host"));
+    }
+    Ok(())
 }
 
 /// One Redis URL of `field`: `redis://[:password@]host:port[/db]` or
@@ -796,6 +954,10 @@ impl Config {
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             ("limits.max_json_depth", l.max_json_depth),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
+            ("limits.proxy_concurrency", l.proxy_concurrency),
+            ("limits.proxy_cache_entries", l.proxy_cache_entries),
+            ("limits.webhook_queue", l.webhook_queue),
+            ("limits.webhook_concurrency", l.webhook_concurrency),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -862,6 +1024,7 @@ impl Config {
         if l.header_read_timeout.is_zero() {
             return Err(invalid("limits.header_read_timeout", "must be more than 0"));
         }
+        self.validate_hooks()?;
         if let Some(tls) = &self.tls {
             // Read and parse now so a bad file is reported before binding.
             crate::tls::acceptor(tls)?;
@@ -871,6 +1034,69 @@ impl Config {
                 "auth.public_key_file",
                 "set either auth.hmac_secret or auth.public_key_file, not both",
             ));
+        }
+        Ok(())
+    }
+
+    /// The backend hooks: URLs that parse, a proxy URL wherever a namespace
+    /// asks for it, webhook secrets long enough to sign with.
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        for (key, url) in [
+            ("proxy.subscribe_url", &p.subscribe_url),
+            ("proxy.connect_url", &p.connect_url),
+        ] {
+            if let Some(url) = url {
+                validate_http_url(key, url)?;
+            }
+        }
+        if p.timeout.is_zero() {
+            return Err(invalid("proxy.timeout", "must be more than 0"));
+        }
+        if p.secret.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(invalid(
+                "proxy.secret",
+                "must not be empty (leave it out instead)",
+            ));
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if ns.subscribe == SubscribeRule::Proxy && p.subscribe_url.is_none() {
+                return Err(invalid(
+                    &format!("namespaces[{i}].subscribe"),
+                    "\"proxy\" needs proxy.subscribe_url",
+                ));
+            }
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            validate_http_url(&format!("webhooks[{i}].url"), &hook.url)?;
+            if hook.events.is_empty() {
+                return Err(invalid(
+                    &format!("webhooks[{i}].events"),
+                    "name at least one event",
+                ));
+            }
+            if hook.secret.len() < 16 {
+                return Err(invalid(
+                    &format!("webhooks[{i}].secret"),
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+        if self
+            .notifications
+            .undelivered_after
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err(invalid(
+                "notifications.undelivered_after",
+                "must be more than 0 (leave it out to turn the hook off)",
+            ));
+        }
+        if self.limits.webhook_timeout.is_zero() {
+            return Err(invalid("limits.webhook_timeout", "must be more than 0"));
+        }
+        if self.limits.webhook_retry_for.is_zero() {
+            return Err(invalid("limits.webhook_retry_for", "must be more than 0"));
         }
         Ok(())
     }
@@ -887,6 +1113,22 @@ impl Config {
             .iter()
             .map(|_| "********".to_owned())
             .collect();
+        if masked.proxy.secret.is_some() {
+            masked.proxy.secret = Some("********".into());
+        }
+        for hook in &mut masked.webhooks {
+            hook.secret = "********".into();
+            hook.url = mask_url_credentials(&hook.url);
+        }
+        for url in [
+            &mut masked.proxy.subscribe_url,
+            &mut masked.proxy.connect_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *url = mask_url_credentials(url);
+        }
         masked.engine.redis_url = masked.engine.redis_url.as_deref().map(mask_url_credentials);
         masked.engine.redis_cluster = masked
             .engine
@@ -946,7 +1188,8 @@ fn with_port(listen: &str, port: u16) -> Result<String, ConfigError> {
 const TOP_LEVEL_ENV_KEYS: [&str; 3] = ["listen", "allowed_origins", "dev"];
 
 /// Sections whose keys may be set as `HERALD_<SECTION>_<KEY>`.
-const ENV_SECTIONS: [&str; 8] = [
+const ENV_SECTIONS: [&str; 9] = [
+    "proxy",
     "log",
     "auth",
     "limits",
@@ -1019,7 +1262,11 @@ fn apply_env(tree: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(
 }
 
 /// Keys that exist but have no default value to copy a type from.
-const OPTIONAL_KEYS: [(&str, &str); 7] = [
+const OPTIONAL_KEYS: [(&str, &str); 11] = [
+    ("proxy", "subscribe_url"),
+    ("proxy", "connect_url"),
+    ("proxy", "secret"),
+    ("notifications", "undelivered_after"),
     ("auth", "hmac_secret"),
     ("auth", "public_key_file"),
     ("auth", "issuer"),

@@ -24,6 +24,7 @@ pub mod ids;
 mod json_shape;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod presence;
 pub mod private_fs;
 pub mod quota;
@@ -32,6 +33,7 @@ mod session;
 pub mod tls;
 pub mod transport;
 pub mod users;
+pub mod webhooks;
 mod write_deadline;
 
 /// Internals exposed for the fuzz targets only; not an API.

@@ -85,6 +85,23 @@ pub struct Metrics {
     /// Bytes held by WebSocket read and message-assembly buffers, all
     /// connections together (kept by each socket's drop guard).
     pub ws_read_buffer_bytes: Gauge,
+    /// Webhook deliveries waiting or in flight (`limits.webhook_queue`).
+    pub webhook_queue: Gauge,
+    /// Webhook deliveries the backend took (2xx).
+    pub webhooks_sent: Counter,
+    /// Webhook attempts that failed (error, timeout or non-2xx) and were
+    /// retried or given up.
+    pub webhook_attempts_failed: Counter,
+    /// Webhook deliveries given up, by `reason`: `overflow` (queue full),
+    /// `expired` (not taken within `limits.webhook_retry_for`), `shutdown`.
+    pub webhooks_dropped: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Proxy requests by `kind` (`subscribe`, `connect`) and `outcome`
+    /// (`allow`, `deny`, `error`).
+    pub proxy_requests: Family<[(&'static str, &'static str); 2], Counter>,
+    /// Subscribe decisions answered from the proxy cache.
+    pub proxy_cache_hits: Counter,
+    /// Subscribe decisions cached (`limits.proxy_cache_entries`).
+    pub proxy_cache_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +148,13 @@ impl Metrics {
             ip_counted_addresses: Gauge::default(),
             connections_refused: Family::default(),
             ws_read_buffer_bytes: Gauge::default(),
+            webhook_queue: Gauge::default(),
+            webhooks_sent: Counter::default(),
+            webhook_attempts_failed: Counter::default(),
+            webhooks_dropped: Family::default(),
+            proxy_requests: Family::default(),
+            proxy_cache_hits: Counter::default(),
+            proxy_cache_entries: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -289,6 +313,51 @@ impl Metrics {
             "Bytes of WebSocket read and message-assembly buffers, all connections",
             m.ws_read_buffer_bytes.clone(),
         );
+        registry.register(
+            "webhook_queue",
+            "Webhook deliveries waiting or in flight (limits.webhook_queue)",
+            m.webhook_queue.clone(),
+        );
+        registry.register(
+            "webhooks_sent",
+            "Webhook deliveries the backend took (2xx)",
+            m.webhooks_sent.clone(),
+        );
+        registry.register(
+            "webhook_attempts_failed",
+            "Webhook attempts that failed (error, timeout, non-2xx)",
+            m.webhook_attempts_failed.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook deliveries given up, by reason (overflow, expired, shutdown)",
+            m.webhooks_dropped.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "Proxy requests to the backend, by kind (subscribe, connect) and outcome (allow, deny, error)",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_cache_hits",
+            "Subscribe decisions answered from the proxy cache",
+            m.proxy_cache_hits.clone(),
+        );
+        registry.register(
+            "proxy_cache_entries",
+            "Subscribe decisions cached (limits.proxy_cache_entries)",
+            m.proxy_cache_entries.clone(),
+        );
+        for reason in ["overflow", "expired", "shutdown"] {
+            let _ = m.webhooks_dropped.get_or_create(&[("reason", reason)]);
+        }
+        for kind in ["subscribe", "connect"] {
+            for outcome in ["allow", "deny", "error"] {
+                let _ = m
+                    .proxy_requests
+                    .get_or_create(&[("kind", kind), ("outcome", outcome)]);
+            }
+        }
         // Every reason exported from the start, at 0: a series that appears
         // only at its first refusal breaks `rate()` and dashboards.
         for reason in ["per_ip", "fd_reserve", "fd_ceiling"] {

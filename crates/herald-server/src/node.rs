@@ -228,6 +228,12 @@ pub struct Node {
     pub(crate) users: crate::users::UserSessions,
     /// This node's presence entries (all of presence on single-node engines).
     pub(crate) presence: crate::presence::Local,
+    /// Events for the application's backend.
+    #[allow(dead_code)] // read by the hooks being built on top (issue 13)
+    pub(crate) webhooks: crate::webhooks::Webhooks,
+    /// Outbound HTTP for the subscribe and connect proxies.
+    #[allow(dead_code)] // read by the hooks being built on top (issue 13)
+    pub(crate) proxy_client: reqwest::Client,
     connection_ceiling: AtomicU64,
 }
 
@@ -338,7 +344,14 @@ impl Node {
             config.limits.client_publish_burst,
         );
         let presence = crate::presence::Local::new(metrics.presence_entries.clone());
+        let id = random_token(12);
+        let shutdown = CancellationToken::new();
+        let webhooks =
+            crate::webhooks::Webhooks::new(&config, &id, metrics.clone(), shutdown.clone());
+        let proxy_client = crate::outbound::client(config.proxy.timeout);
         Ok(Arc::new(Self {
+            webhooks,
+            proxy_client,
             presence,
             client_publishes,
             config: Arc::new(config),
@@ -352,9 +365,9 @@ impl Node {
             idempotency,
             namespaces,
             default_namespace,
-            id: random_token(12),
+            id,
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             // A random start keeps client ids apart across the nodes of a
             // cluster (presence lists them side by side), and never 0.
@@ -423,6 +436,8 @@ impl Node {
             SubscribeRule::Claim => {
                 who.user.is_some() && (who.admin || who.claims_channel(channel))
             }
+            // Asked of the backend (the proxy); until that is built, refused.
+            SubscribeRule::Proxy => false,
         };
         if allowed {
             Ok(())
