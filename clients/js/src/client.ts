@@ -13,7 +13,7 @@
  * never leave a timer running after `disconnect()`.
  */
 import { backoffDelay } from './backoff.js'
-import { Position } from './cursor.js'
+import { Position, parseCursor, type Cursor } from './cursor.js'
 import { Emitter, reportListenerError } from './emitter.js'
 import { refreshDelay, tokenExpiry } from './token.js'
 import type {
@@ -48,6 +48,8 @@ export interface ClientEvents {
   receiving: boolean
   /** Another client joined or left a subscribed channel (namespaces with `join_leave`). */
   presence: { channel: string; kind: 'join' | 'leave'; entry: PresenceEntry }
+  /** {@link RealtimeClient.unreadCount} changed: the user's unread notifications. */
+  unread: number
 }
 
 /** One `subscribe` call's handlers. */
@@ -84,6 +86,8 @@ export interface PollAnswer {
   cursor: string
   recovered: boolean
   more: boolean
+  /** `/api/notifications` only: notifications kept after the user's read cursor. */
+  unread?: number
 }
 
 /**
@@ -123,6 +127,14 @@ export class RealtimeClient {
   protected readonly inbox = new Position()
   /** Set once the socket was asked to resume the inbox, to tell a lost gap. */
   private inboxSince: string | null = null
+  /** The user's unread notifications, as last told by the server plus live arrivals since. */
+  private unread = 0
+  /**
+   * The newest inbox offset {@link RealtimeClient.unread} accounts for: a
+   * live notification at or before it is already in the count (a replay
+   * after a resume), one past it adds one.
+   */
+  private unreadThrough: Cursor | null = null
   private readonly startedAt = Date.now()
 
   private socket: WebSocketLike | null = null
@@ -341,6 +353,92 @@ export class RealtimeClient {
     return this.request({ type, channel })
   }
 
+  /**
+   * How many of the user's notifications are unread: after the user's read
+   * cursor on the server. 0 until the server first tells (the `connected`
+   * frame, a poll of the inbox, or a {@link RealtimeClient.markNotificationsRead}
+   * answer). The `unread` event reports each change.
+   *
+   * The rule, so that nothing is counted twice across resumes, replays and
+   * transports: every `connected` frame, every inbox poll answer and every
+   * read answer *sets* the count from the server; between them, a
+   * notification delivered live over the socket adds one only when its
+   * offset is past the newest offset the last server count covered (the
+   * inbox head the `connected` frame reported, or the answer's cursor).
+   * Notifications replayed after a resume are at or before that head, so
+   * they are in the count already; polled notifications never add (each
+   * poll answer carries the count).
+   */
+  get unreadCount(): number {
+    return this.unread
+  }
+
+  /**
+   * The cursor of the newest notification this client knows of (the last
+   * one delivered, or the inbox head the server reported at connect), or
+   * null before it knows any. `markNotificationsRead(client.notificationsCursor)`
+   * marks everything read.
+   */
+  get notificationsCursor(): string | null {
+    return this.inbox.cursor
+  }
+
+  /**
+   * Marks the user's notifications read up to and including `cursor` (a
+   * notification's `meta.cursor`, or {@link RealtimeClient.notificationsCursor}
+   * for all of them) and resolves with the new unread count, which also
+   * becomes {@link RealtimeClient.unreadCount}. The server never moves the
+   * read cursor backwards: an older cursor changes nothing; a cursor past the
+   * newest notification counts as the newest; one of an old epoch changes
+   * nothing. Over the socket this is the `ack` command: it rejects with 1010
+   * when not connected (RealtimeService goes over HTTP then), 1002 for an
+   * anonymous connection, 1000 for a malformed cursor.
+   */
+  markNotificationsRead(cursor: string): Promise<number> {
+    if (typeof cursor !== 'string' || !parseCursor(cursor)) {
+      return Promise.reject({ code: 1000, message: `not a cursor: ${JSON.stringify(cursor)}` } satisfies RealtimeError)
+    }
+    if (this.currentState !== 'connected') {
+      return Promise.reject({ code: 1010, message: 'not connected' } satisfies RealtimeError)
+    }
+    const gen = this.generation
+    return this.request({ type: 'ack', cursor }).then((f) => {
+      const unread = Number(f.unread ?? 0)
+      if (gen === this.generation) this.readAnswered(cursor, unread)
+      return unread
+    })
+  }
+
+  /**
+   * The server answered a read (socket or HTTP) with `unread` after `cursor`.
+   * It counted the notifications up to its head then, which is `cursor +
+   * unread` when the read cursor is `cursor` (the usual case: reading up to
+   * the newest): live notifications up to there are in the count already.
+   */
+  protected readAnswered(cursor: string, unread: number): void {
+    const c = parseCursor(cursor)
+    const through = this.unreadThrough
+    if (c && (!through || through.epoch === c.epoch)) {
+      const head = c.offset + unread
+      if (!through || head > through.offset) this.unreadThrough = { epoch: c.epoch, offset: head }
+    }
+    this.setUnread(unread)
+  }
+
+  /** Sets the count from the server, covering the inbox up to `through`. */
+  private unreadFromServer(unread: unknown, through: string): void {
+    if (typeof unread !== 'number' || !Number.isFinite(unread)) return
+    this.unreadThrough = parseCursor(through)
+    this.setUnread(unread)
+  }
+
+  private setUnread(n: number): void {
+    const next = Math.max(0, Math.floor(n))
+    if (next === this.unread) return
+    this.unread = next
+    this.events.emit('unread', next)
+  }
+
   /** Skips the backoff wait and tries the socket now (e.g. when the network returns). */
   reconnectNow(): void {
     if (!this.wanted || this.socket) return
@@ -460,8 +558,12 @@ export class RealtimeClient {
     this.failures = 0
     this.authRetried = false
     this.armHeartbeat()
-    const inbox = frame.notifications as { cursor?: string; recovered?: boolean; missed?: number } | undefined
+    const inbox = frame.notifications as
+      | { cursor?: string; recovered?: boolean; missed?: number; unread?: number }
+      | undefined
     if (inbox && typeof inbox.cursor === 'string') {
+      // Before the state changes, so a `state` listener reads the new count.
+      this.unreadFromServer(inbox.unread, inbox.cursor)
       if (this.inboxSince) {
         this.log('resumed notifications', { since: this.inboxSince, cursor: inbox.cursor, recovered: inbox.recovered !== false, missed: inbox.missed })
       }
@@ -526,7 +628,15 @@ export class RealtimeClient {
 
   private handleNotification(frame: Frame): void {
     if (typeof frame.cursor !== 'string') return
-    this.deliverNotification(frame as unknown as PollAnswer['messages'][number])
+    const c = parseCursor(frame.cursor)
+    const through = this.unreadThrough
+    // Past what the last server count covered: a new one (see unreadCount).
+    const counts = c !== null && (!through || through.epoch !== c.epoch || c.offset > through.offset)
+    if (!this.deliverNotification(frame as unknown as PollAnswer['messages'][number])) return
+    if (counts) {
+      this.unreadThrough = c
+      this.setUnread(this.unread + 1)
+    }
   }
 
   private handleError(frame: Frame): void {
@@ -739,8 +849,9 @@ export class RealtimeClient {
     }
   }
 
-  private deliverNotification(m: PollAnswer['messages'][number]): void {
-    if (!this.inbox.accept(m.cursor)) return
+  /** Hands a notification to the app once; false when it was delivered before. */
+  private deliverNotification(m: PollAnswer['messages'][number]): boolean {
+    if (!this.inbox.accept(m.cursor)) return false
     const meta: NotificationMeta = { offset: Number(m.offset), cursor: m.cursor, ts: Number(m.ts) }
     for (const h of [...this.notificationHandlers]) {
       try {
@@ -749,6 +860,7 @@ export class RealtimeClient {
         reportListenerError(err)
       }
     }
+    return true
   }
 
   /** Hands a polling answer for `channel` (null: the inbox) to the app through the shared positions. */
@@ -766,7 +878,11 @@ export class RealtimeClient {
         this.deliver(ch, channel, m)
       }
     }
-    if (typeof answer.cursor === 'string') position.advanceTo(answer.cursor)
+    if (typeof answer.cursor === 'string') {
+      position.advanceTo(answer.cursor)
+      // Set after the page is delivered, so a handler reading the count sees the old one.
+      if (channel === null) this.unreadFromServer(answer.unread, answer.cursor)
+    }
   }
 
   /** Where polling resumes a stream: its cursor, or the time the app subscribed. */

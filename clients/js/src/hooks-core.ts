@@ -147,6 +147,55 @@ export function usePresence(service: PresenceService | null | undefined, channel
   return presence
 }
 
+/** A service that keeps the unread count (RealtimeClient, RealtimeService, MobileRealtimeService). */
+export type UnreadService = AnyService &
+  Pick<RealtimeClient, 'unreadCount' | 'notificationsCursor' | 'markNotificationsRead'>
+
+/** What {@link useUnreadNotifications} returns. */
+export interface UnreadNotifications {
+  /** The user's unread notifications (0 until the server first tells). */
+  unread: number
+  /**
+   * Marks notifications read up to and including `cursor` (a notification's
+   * `meta.cursor`); with no argument, everything up to the newest
+   * notification the service knows of. Resolves with the new unread count.
+   * The promise is marked handled: an unawaited failure (offline, say) is
+   * no unhandled rejection; await it to see failures.
+   */
+  markRead(cursor?: string): Promise<number>
+}
+
+/**
+ * The user's unread notification count, re-rendering on change, and
+ * `markRead`. The count comes from the server at every (re)connect — so an
+ * app back from the background shows the right badge before anything new
+ * arrives — and from every inbox poll and read; live notifications add one
+ * each (replays after a resume do not: they are in the server's count).
+ */
+export function useUnreadNotifications(service: UnreadService | null | undefined): UnreadNotifications {
+  const subscribe = useCallback(
+    (onChange: () => void) => (service ? service.on('unread', onChange) : () => {}),
+    [service],
+  )
+  const get = () => service?.unreadCount ?? 0
+  const unread = useSyncExternalStore(subscribe, get, get)
+  const markRead = useCallback(
+    (cursor?: string): Promise<number> => {
+      let p: Promise<number>
+      if (!service) p = Promise.reject({ code: 1010, message: 'no service' })
+      else {
+        const upTo = cursor ?? service.notificationsCursor
+        // Nothing known to mark: the count stands.
+        p = upTo ? service.markNotificationsRead(upTo) : Promise.resolve(service.unreadCount)
+      }
+      p.catch(() => {})
+      return p
+    },
+    [service],
+  )
+  return { unread, markRead }
+}
+
 /** The service's connection state, re-rendering on change. */
 export function useConnectionState(service: AnyService | null | undefined): ConnectionState {
   const subscribe = useCallback(

@@ -20,9 +20,12 @@ export {
   useConnectionState,
   useIsReceiving,
   usePresence,
+  useUnreadNotifications,
   applyPresenceEvent,
   type AnyService,
   type PresenceService,
+  type UnreadService,
+  type UnreadNotifications,
 } from './hooks-core.js'
 export type * from './types.js'
 

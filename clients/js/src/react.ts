@@ -17,9 +17,12 @@ export {
   useConnectionState,
   useIsReceiving,
   usePresence,
+  useUnreadNotifications,
   applyPresenceEvent,
   type AnyService,
   type PresenceService,
+  type UnreadService,
+  type UnreadNotifications,
 } from './hooks-core.js'
 
 /** Options for `useRealtime`: every RealtimeOptions field except `url`. */

@@ -19,6 +19,7 @@
  */
 import { backoffDelay } from './backoff.js'
 import { RealtimeClient, type PollAnswer } from './client.js'
+import { parseCursor } from './cursor.js'
 import type { FetchLike, PresenceInfo, PresenceStats, RealtimeError } from './types.js'
 
 /** One stream being polled; `null` key is the notification inbox. */
@@ -120,21 +121,59 @@ export class RealtimeService extends RealtimeClient {
     }))
   }
 
+  /**
+   * As the client's, but while the socket is not connected (polling, or
+   * between reconnects) it goes over HTTP: `POST /api/notifications/read`
+   * with the client's token. Rejects with the server's error otherwise
+   * (1001 without a token: dev mode's `user` alone cannot mark read over
+   * HTTP).
+   */
+  override markNotificationsRead(cursor: string): Promise<number> {
+    if (this.state === 'connected') return super.markNotificationsRead(cursor)
+    if (typeof cursor !== 'string' || !parseCursor(cursor)) return super.markNotificationsRead(cursor)
+    return this.overHttp('/api/notifications/read', { cursor }).then((b) => {
+      const unread = Number(b.unread ?? 0)
+      // A socket that connected meanwhile has a newer count from its `connected` frame.
+      if (this.state !== 'connected') this.readAnswered(cursor, unread)
+      return unread
+    })
+  }
+
   /** `GET /api/channels/{channel}/presence[/stats]` with the client's token. */
-  private async presenceOverHttp(channel: string, suffix: string): Promise<Record<string, unknown>> {
+  private presenceOverHttp(channel: string, suffix: string): Promise<Record<string, unknown>> {
+    return this.overHttp(`/api/channels/${channel}${suffix}`)
+  }
+
+  /**
+   * A JSON request to `path` with the client's token (a POST when `body` is
+   * given); rejects with `{code, message}` from the server's error. A 401
+   * with `getToken` is retried once with a fresh token.
+   */
+  private async overHttp(path: string, body?: unknown, retried = false): Promise<Record<string, unknown>> {
     const token = await this.authToken()
     const headers: Record<string, string> = { accept: 'application/json' }
     if (token) headers.authorization = `Bearer ${token}`
-    const res = await this.fetcher()(`${this.options.apiUrl}/api/channels/${channel}${suffix}`, { headers })
-    const body = (await res.json().catch(() => null)) as Record<string, unknown> | null
-    if (!res.ok || !body) {
-      const error = (body?.error ?? {}) as { code?: unknown; message?: unknown }
+    const init: Parameters<FetchLike>[1] = { headers }
+    if (body !== undefined) {
+      init.method = 'POST'
+      headers['content-type'] = 'application/json'
+      init.body = JSON.stringify(body)
+    }
+    const res = await this.fetcher()(`${this.options.apiUrl}${path}`, init)
+    const answer = (await res.json().catch(() => null)) as Record<string, unknown> | null
+    if (res.status === 401 && this.options.getToken && !retried) {
+      this.forceTokenRefresh()
+      return this.overHttp(path, body, true)
+    }
+    if (!res.ok || !answer) {
+      const b = answer
+      const error = (b?.error ?? {}) as { code?: unknown; message?: unknown }
       throw {
         code: Number(error.code ?? 0),
         message: String(error.message ?? `HTTP ${res.status}`),
       } satisfies RealtimeError
     }
-    return body
+    return answer
   }
 
   private fetcher(): FetchLike {

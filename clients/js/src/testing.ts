@@ -37,6 +37,12 @@ export interface MockRealtime {
   readonly subscribedChannels: string[]
   /** Every `publish` the component made, in order. */
   readonly published: { channel: string; data: unknown }[]
+  /** Unread notifications: each `notify` adds one; `markNotificationsRead` and `setUnread` set it. */
+  readonly unreadCount: number
+  /** The cursor of the last `notify` (`mock:<n>`), or null before any. */
+  readonly notificationsCursor: string | null
+  /** Every cursor `markNotificationsRead` (or `useUnreadNotifications().markRead`) was given, in order. */
+  readonly markedRead: string[]
   connect(): void
   disconnect(): void
   reconnectNow(): void
@@ -49,13 +55,17 @@ export interface MockRealtime {
   /** Who is in `channel`: the entries `join` added and `leave` did not remove. */
   presence(channel: string): Promise<PresenceInfo>
   presenceStats(channel: string): Promise<PresenceStats>
+  /** Marks the mock's notifications read up to `cursor`; resolves with what is left unread. */
+  markNotificationsRead(cursor: string): Promise<number>
+  /** Sets the unread count (as a `connected` frame would) and emits `unread`. */
+  setUnread(count: number): void
   /** Another client joins `channel`: its entry is added, `onJoin` handlers run. */
   join(channel: string, entry: PresenceEntry): void
   /** Another client leaves `channel`: its entry goes, `onLeave` handlers run. */
   leave(channel: string, entry: PresenceEntry): void
   /** Delivers `data` to the channel's subscribers, as a message at the next offset. */
   emit(channel: string, data: unknown): void
-  /** Delivers a notification to `onNotification` handlers. */
+  /** Delivers a notification to `onNotification` handlers, and counts it unread. */
   notify(data: unknown): void
   /** Moves to `state` (and emits `state`, and `receiving` when that changes). */
   setState(state: ConnectionState, options?: { receiving?: boolean }): void
@@ -81,6 +91,15 @@ export function createMockRealtime(initial: { state?: ConnectionState; receiving
   let state: ConnectionState = initial.state ?? 'disconnected'
   let receiving = initial.receiving ?? state === 'connected'
   const published: { channel: string; data: unknown }[] = []
+  const markedRead: string[] = []
+  let unread = 0
+  let readUpTo = 0
+  const setUnread = (n: number): void => {
+    const next = Math.max(0, n)
+    if (next === unread) return
+    unread = next
+    events.emit('unread', next)
+  }
 
   const mock: MockRealtime = {
     get state() {
@@ -99,6 +118,21 @@ export function createMockRealtime(initial: { state?: ConnectionState; receiving
       return [...channels.keys()]
     },
     published,
+    markedRead,
+    get unreadCount() {
+      return unread
+    },
+    get notificationsCursor() {
+      return inboxOffset > 0 ? `mock:${inboxOffset}` : null
+    },
+    markNotificationsRead(cursor) {
+      markedRead.push(cursor)
+      const offset = Number(cursor.slice(cursor.lastIndexOf(':') + 1))
+      if (Number.isFinite(offset)) readUpTo = Math.max(readUpTo, Math.min(offset, inboxOffset))
+      setUnread(Math.min(unread, inboxOffset - readUpTo))
+      return Promise.resolve(unread)
+    },
+    setUnread,
     // The hooks connect and disconnect the service they are given; a mock
     // stays where the test put it.
     connect() {},
@@ -166,6 +200,7 @@ export function createMockRealtime(initial: { state?: ConnectionState; receiving
       inboxOffset++
       const meta: NotificationMeta = { offset: inboxOffset, cursor: `mock:${inboxOffset}`, ts: Date.now() }
       for (const fn of [...inbox]) fn(data, meta)
+      setUnread(unread + 1)
     },
     setState(next, options = {}) {
       const before = receiving
