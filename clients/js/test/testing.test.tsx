@@ -6,7 +6,7 @@
 import { act, create, type ReactTestRenderer } from 'react-test-renderer'
 import { useState } from 'react'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { useRealtime, useVenueUpdates, useNotifications, usePresence } from '../src/react.js'
+import { useRealtime, useVenueUpdates, useNotifications, usePresence, useUnreadNotifications } from '../src/react.js'
 import { useRealtime as useMobileRealtime } from '../src/react-native.js'
 import { createMockRealtime, MockRealtimeProvider } from '../src/testing.js'
 
@@ -97,5 +97,40 @@ describe('herald-realtime/testing', () => {
     expect(renderer!.toJSON()).toBe('reconnecting')
     act(() => mock.setState('connected'))
     expect(renderer!.toJSON()).toBe('connected')
+  })
+
+  it('useUnreadNotifications counts the notifications the test sends, and markRead() records what it read', async () => {
+    const mock = createMockRealtime({ state: 'connected' })
+    let markRead: (cursor?: string) => Promise<number> = () => Promise.resolve(-1)
+    function Badge() {
+      const { service } = useRealtime('ws://herald.invalid/ws', 'user-3')
+      const unread = useUnreadNotifications(service)
+      markRead = unread.markRead
+      return `unread ${unread.unread}`
+    }
+    act(() => {
+      renderer = create(
+        <MockRealtimeProvider service={mock}>
+          <Badge />
+        </MockRealtimeProvider>,
+      )
+    })
+    expect(renderer!.toJSON()).toBe('unread 0')
+    act(() => mock.setUnread(4))
+    expect(renderer!.toJSON()).toBe('unread 4')
+    act(() => {
+      mock.notify({ title: 'a' })
+      mock.notify({ title: 'b' })
+    })
+    expect(renderer!.toJSON()).toBe('unread 6')
+    await act(async () => {
+      expect(await markRead('mock:1')).toBe(1)
+    })
+    expect(renderer!.toJSON()).toBe('unread 1')
+    await act(async () => {
+      expect(await markRead()).toBe(0)
+    })
+    expect(renderer!.toJSON()).toBe('unread 0')
+    expect(mock.markedRead).toEqual(['mock:1', 'mock:2'])
   })
 })
