@@ -309,3 +309,231 @@ async function signHs256(secret: string, sub: string, options: TokenOptions): Pr
   const signature = await globalThis.crypto.subtle.sign('HMAC', key, encoder.encode(signingInput))
   return `${signingInput}.${base64url(new Uint8Array(signature))}`
 }
+
+// ------------------------------------------------------------------ webhooks
+
+/** The events a `[[webhooks]]` entry can ask for (SPEC §11). */
+export type WebhookEventName =
+  | 'channel_occupied'
+  | 'channel_vacated'
+  | 'user_online'
+  | 'user_offline'
+  | 'notification_undelivered'
+
+/**
+ * A webhook's body: `{"id","event","ts","data"}`. Delivery is at least
+ * once: deduplicate by `id`. `ts` is when the event happened, Unix ms.
+ * `data` carries `channel` (channel events) or `userId` (user events);
+ * `notification_undelivered` carries `{userId, offset, cursor, data}`.
+ */
+export interface WebhookEvent<D = Record<string, unknown>> {
+  id: string
+  event: WebhookEventName | (string & {})
+  ts: number
+  data: D
+}
+
+/** Why {@link verifyWebhook} refused a request. */
+export type WebhookVerificationReason =
+  /** No `Herald-Signature` header. */
+  | 'missing_header'
+  /** The header has no single numeric `t=` or no `v1=`. */
+  | 'malformed_header'
+  /** `t` is further than `toleranceSeconds` from now: a replay, or a clock far off. */
+  | 'timestamp_out_of_tolerance'
+  /** No `v1=` entry is the HMAC of this body with this secret: tampered, or the wrong secret. */
+  | 'no_matching_signature'
+  /** Signed correctly, but the body is not a JSON object. */
+  | 'malformed_body'
+
+/**
+ * Thrown by {@link verifyWebhook} and {@link verifyWebhookAsync} when a
+ * request is not a genuine, fresh Herald webhook. Answer it with 400 (Herald
+ * retries anything but a 2xx, so a request that will never verify should
+ * not get a 5xx from you either way).
+ */
+export class WebhookVerificationError extends Error {
+  readonly reason: WebhookVerificationReason
+
+  constructor(reason: WebhookVerificationReason, message: string) {
+    super(message)
+    this.name = 'WebhookVerificationError'
+    this.reason = reason
+  }
+}
+
+/** Options of {@link verifyWebhook}. */
+export interface VerifyWebhookOptions {
+  /**
+   * How far the header's `t` may be from now, in seconds, either way
+   * (default 300). Herald signs every attempt afresh, so a retry an hour
+   * later still carries a fresh `t`; an old `t` is a replay.
+   */
+  toleranceSeconds?: number
+  /** "Now", for tests: Unix time in **seconds**, or a Date. Default: the clock. */
+  now?: number | Date
+}
+
+/** The body bytes as signed, and the parsed header. */
+interface WebhookInput {
+  signed: Uint8Array<ArrayBuffer>
+  body: Uint8Array
+  t: string
+  v1: string[]
+}
+
+const DEFAULT_TOLERANCE_S = 300
+
+/**
+ * Checks a webhook request from Herald and returns its parsed body; throws
+ * {@link WebhookVerificationError} otherwise (Stripe's `constructEvent` and
+ * Svix's `verify` work the same way).
+ *
+ * `rawBody` must be the body exactly as received — `await req.text()` in a
+ * route handler, or the raw bytes — never a re-serialised `JSON.parse`
+ * result. `signatureHeader` is the `Herald-Signature` header,
+ * `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, possibly with
+ * several `v1=` entries (secret rotation): any one matching is enough. The
+ * comparison is constant-time, and `t` must be within `toleranceSeconds`
+ * (default 300) of now.
+ *
+ * Synchronous, with `node:crypto` (Node ≥ 20.16, Bun): on runtimes without
+ * it (edge functions, Workers, Deno) it throws a plain `Error` saying so —
+ * use {@link verifyWebhookAsync} there; it does the same with Web Crypto.
+ */
+export function verifyWebhook<D = Record<string, unknown>>(
+  rawBody: string | Uint8Array,
+  signatureHeader: string | null | undefined,
+  secret: string,
+  options: VerifyWebhookOptions = {},
+): WebhookEvent<D> {
+  const createHmac = nodeCreateHmac()
+  if (!createHmac) {
+    throw new Error('verifyWebhook needs node:crypto (Node ≥ 20.16); on edge runtimes use `await verifyWebhookAsync(…)`')
+  }
+  const input = webhookInput(rawBody, signatureHeader, secret, options)
+  const expected = createHmac('sha256', secret).update(input.signed).digest('hex')
+  return webhookResult<D>(input, expected)
+}
+
+/**
+ * {@link verifyWebhook} with Web Crypto (`crypto.subtle`), so it runs
+ * everywhere: Node ≥ 20, Deno, Bun, Cloudflare Workers, Vercel and Next.js
+ * edge routes. Resolves with the parsed body; rejects with
+ * {@link WebhookVerificationError}.
+ */
+export async function verifyWebhookAsync<D = Record<string, unknown>>(
+  rawBody: string | Uint8Array,
+  signatureHeader: string | null | undefined,
+  secret: string,
+  options: VerifyWebhookOptions = {},
+): Promise<WebhookEvent<D>> {
+  const input = webhookInput(rawBody, signatureHeader, secret, options)
+  const key = await globalThis.crypto.subtle.importKey(
+    'raw',
+    new TextEncoder().encode(secret),
+    { name: 'HMAC', hash: 'SHA-256' },
+    false,
+    ['sign'],
+  )
+  const mac = new Uint8Array(await globalThis.crypto.subtle.sign('HMAC', key, input.signed))
+  return webhookResult<D>(input, toHex(mac))
+}
+
+/** `createHmac` from node:crypto without importing it (an import would break edge bundles). */
+function nodeCreateHmac():
+  | ((alg: string, key: string) => { update(d: Uint8Array): { digest(enc: 'hex'): string } })
+  | undefined {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process
+  try {
+    const mod = proc?.getBuiltinModule?.('node:crypto') as { createHmac?: unknown } | undefined
+    return typeof mod?.createHmac === 'function' ? (mod.createHmac as ReturnType<typeof nodeCreateHmac>) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Parses the header and checks the timestamp (everything but the MAC). */
+function webhookInput(
+  rawBody: string | Uint8Array,
+  header: string | null | undefined,
+  secret: string,
+  options: VerifyWebhookOptions,
+): WebhookInput {
+  if (typeof secret !== 'string' || secret === '') throw new TypeError('verifyWebhook: the secret must be a non-empty string')
+  if (typeof rawBody !== 'string' && !(rawBody instanceof Uint8Array)) {
+    throw new TypeError('verifyWebhook: rawBody must be the raw body as a string or bytes (await req.text())')
+  }
+  if (typeof header !== 'string' || header.trim() === '') {
+    throw new WebhookVerificationError('missing_header', 'no Herald-Signature header')
+  }
+  let t: string | null = null
+  const v1: string[] = []
+  for (const part of header.split(',')) {
+    const eq = part.indexOf('=')
+    if (eq < 0) continue
+    const key = part.slice(0, eq).trim()
+    const value = part.slice(eq + 1).trim()
+    if (key === 't') {
+      if (t !== null || !/^\d{1,15}$/.test(value)) {
+        throw new WebhookVerificationError('malformed_header', 'Herald-Signature needs exactly one numeric t=')
+      }
+      t = value
+    } else if (key === 'v1') {
+      v1.push(value.toLowerCase())
+    }
+  }
+  if (t === null || v1.length === 0) {
+    throw new WebhookVerificationError('malformed_header', 'Herald-Signature needs t= and at least one v1=')
+  }
+  const tolerance = options.toleranceSeconds ?? DEFAULT_TOLERANCE_S
+  if (!(tolerance >= 0)) throw new TypeError('verifyWebhook: toleranceSeconds must be ≥ 0')
+  const now =
+    options.now instanceof Date ? options.now.getTime() / 1000 : (options.now ?? Date.now() / 1000)
+  if (Math.abs(now - Number(t)) > tolerance) {
+    throw new WebhookVerificationError(
+      'timestamp_out_of_tolerance',
+      `Herald-Signature t=${t} is more than ${tolerance} s from now (a replay, or a clock off)`,
+    )
+  }
+  const body = typeof rawBody === 'string' ? new TextEncoder().encode(rawBody) : rawBody
+  const prefix = new TextEncoder().encode(`${t}.`)
+  const signed = new Uint8Array(prefix.length + body.length)
+  signed.set(prefix)
+  signed.set(body, prefix.length)
+  return { signed, body, t, v1 }
+}
+
+/** Compares every `v1` with `expected` (constant time) and parses the body. */
+function webhookResult<D>(input: WebhookInput, expected: string): WebhookEvent<D> {
+  let matched = false
+  // Every entry is compared in full, matched or not: the time taken says nothing.
+  for (const given of input.v1) if (constantTimeEqual(given, expected)) matched = true
+  if (!matched) {
+    throw new WebhookVerificationError('no_matching_signature', 'no Herald-Signature v1= matches this body and secret')
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(input.body))
+  } catch {
+    parsed = null
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new WebhookVerificationError('malformed_body', 'the webhook body is not a JSON object')
+  }
+  return parsed as WebhookEvent<D>
+}
+
+/** Equal strings, in time that depends only on their lengths. */
+function constantTimeEqual(a: string, b: string): boolean {
+  if (a.length !== b.length) return false
+  let diff = 0
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i)
+  return diff === 0
+}
+
+function toHex(bytes: Uint8Array): string {
+  let out = ''
+  for (const b of bytes) out += b.toString(16).padStart(2, '0')
+  return out
+}
