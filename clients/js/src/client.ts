@@ -494,8 +494,11 @@ export class RealtimeClient {
       const frame: Frame = { type: 'connect', id: this.nextId++ }
       if (token) frame.token = token
       if (this.options.user) frame.user = this.options.user
+      if (this.options.connectData !== undefined) frame.data = this.options.connectData
+      // The inbox has a cursor only after the server reported one, i.e. for a
+      // user (a token, dev mode's user, or one the connect proxy named).
       const since = this.inbox.cursor
-      if (since && (token || this.options.user)) frame.notifications_since = since
+      if (since) frame.notifications_since = since
       this.inboxSince = frame.notifications_since ? since : null
       this.send(frame)
     }

@@ -119,6 +119,13 @@ export interface RealtimeOptions {
   getToken?: () => Promise<string | null | undefined> | string | null | undefined
   /** Dev mode only: the user whose notifications to receive without a token. */
   user?: string
+  /**
+   * Sent as the `connect` frame's `data`: with no token, a server with
+   * `proxy.connect_url` hands it (with the upgrade's cookie, origin and
+   * user-agent) to your backend, which says who the user is
+   * (docs/backend-hooks.md).
+   */
+  connectData?: unknown
   /** A WebSocket constructor; default `globalThis.WebSocket`. */
   webSocket?: WebSocketConstructor
   /** A fetch function for polling; default `globalThis.fetch`. */

@@ -103,6 +103,52 @@ describe('RealtimeClient state machine (fake socket)', () => {
     c.disconnect()
   })
 
+  it('sends connectData, and resumes the inbox of a user the connect proxy named (no token)', async () => {
+    const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, minReconnectDelay: 10, maxReconnectDelay: 10, connectData: { app: 'ios' } })
+    c.connect()
+    await flush()
+    const s1 = FakeSocket.last()
+    s1.accept({ user: 'u1', notifications: { cursor: 'n:4', recovered: true, missed: 0, unread: 2 } })
+    expect(s1.ofType('connect')[0]).toEqual({ type: 'connect', id: expect.any(Number), data: { app: 'ios' } })
+    expect(c.unreadCount).toBe(2)
+    s1.serverClose(1006)
+    await vi.advanceTimersByTimeAsync(20)
+    const s2 = FakeSocket.last()
+    s2.open()
+    expect(s2.ofType('connect')[0]).toMatchObject({ data: { app: 'ios' }, notifications_since: 'n:4' })
+    c.disconnect()
+  })
+
+  it('counts unread without counting twice: replays, acks, and a notification racing an ack', async () => {
+    const c = new RealtimeClient({ url: 'ws://x/ws', webSocket: WS, token: makeToken('u') })
+    const counts: number[] = []
+    c.on('unread', (n) => counts.push(n))
+    c.connect()
+    await flush()
+    const s = FakeSocket.last()
+    // Resumed with 2 missed: the server counted them (3 unread up to n:10).
+    s.accept({ user: 'u', notifications: { cursor: 'n:10', recovered: true, missed: 2, unread: 3 } })
+    s.push({ type: 'notification', offset: 9, cursor: 'n:9', ts: 1, data: {} })
+    s.push({ type: 'notification', offset: 10, cursor: 'n:10', ts: 1, data: {} })
+    expect(c.unreadCount).toBe(3)
+    s.push({ type: 'notification', offset: 11, cursor: 'n:11', ts: 1, data: {} })
+    expect(c.unreadCount).toBe(4)
+    // Read up to n:11; the server's head had moved on to n:12 (in flight): 1 unread.
+    const read = c.markNotificationsRead('n:11')
+    const ack = s.ofType('ack')[0]!
+    expect(ack).toMatchObject({ cursor: 'n:11' })
+    s.push({ type: 'acked', id: ack.id, unread: 1 })
+    expect(await read).toBe(1)
+    // n:12 arrives after the answer that already counted it: not counted again.
+    s.push({ type: 'notification', offset: 12, cursor: 'n:12', ts: 1, data: {} })
+    expect(c.unreadCount).toBe(1)
+    s.push({ type: 'notification', offset: 13, cursor: 'n:13', ts: 1, data: {} })
+    expect(c.unreadCount).toBe(2)
+    expect(c.notificationsCursor).toBe('n:13')
+    expect(counts).toEqual([3, 4, 1, 2])
+    c.disconnect()
+  })
+
   it('logs state changes, reconnects, resumes and the fallback with debug, and nothing without it', async () => {
     const lines: string[] = []
     const c = new RealtimeService({
