@@ -119,3 +119,18 @@ describe.each(variants)('%s', (_name, verify) => {
     await expect(verify(BODY, sign(BODY), '', at)).rejects.toBeInstanceOf(TypeError)
   })
 })
+
+describe('the example in docs/backend-hooks.md', () => {
+  it('is a real signature of the body shown, with the secret shown', async () => {
+    const body = '{"id":"n1-8f3a","event":"user_offline","ts":1764100000123,"data":{"userId":"user-123"}}'
+    const header = 't=1764100000,v1=dd5d3b3daca7329a424b82b0e02928488cc592d90c18507430c047555f3fc6ed'
+    expect(verifyWebhook(body, header, 'another-long-random-string', { now: 1764100000 })).toMatchObject({
+      event: 'user_offline',
+      data: { userId: 'user-123' },
+    })
+    const { readFileSync } = await import('node:fs')
+    const doc = readFileSync(new URL('../../../docs/backend-hooks.md', import.meta.url), 'utf8')
+    expect(doc).toContain(body)
+    expect(doc).toContain(header)
+  })
+})
