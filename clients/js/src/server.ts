@@ -312,7 +312,7 @@ async function signHs256(secret: string, sub: string, options: TokenOptions): Pr
 
 // ------------------------------------------------------------------ webhooks
 
-/** The events a `[[webhooks]]` entry can ask for (SPEC §11). */
+/** The events a `[[webhooks]]` entry can ask for (README.md, "Verifying webhooks"). */
 export type WebhookEventName =
   | 'channel_occupied'
   | 'channel_vacated'

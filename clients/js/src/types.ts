@@ -123,7 +123,7 @@ export interface RealtimeOptions {
    * Sent as the `connect` frame's `data`: with no token, a server with
    * `proxy.connect_url` hands it (with the upgrade's cookie, origin and
    * user-agent) to your backend, which says who the user is
-   * (docs/backend-hooks.md).
+   * (README.md, "Options").
    */
   connectData?: unknown
   /** A WebSocket constructor; default `globalThis.WebSocket`. */
