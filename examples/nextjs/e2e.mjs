@@ -7,6 +7,7 @@
 // Run from the repository root after `cargo build -p herald-realtime`:
 //   node examples/nextjs/e2e.mjs
 import { execFileSync, spawn } from 'node:child_process'
+import { createHmac } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -21,6 +22,8 @@ const herald = process.env.HERALD_BIN ?? join(root, 'target/debug/herald')
 const next = join(here, 'node_modules/next/dist/bin/next')
 const API_KEY = 'example-api-key'
 const SECRET = 'example-hmac-secret-0123456789abcdef'
+const WEBHOOK_SECRET = 'example-webhook-secret-0123456789'
+const PROXY_SECRET = 'example-proxy-secret-0123456789'
 const children = []
 
 function step(what) {
@@ -107,7 +110,15 @@ async function main() {
       process.execPath,
       [next, 'start', '-p', String(port), '-H', '127.0.0.1'],
       here,
-      { HERALD_URL: heraldOrigin, HERALD_WS_URL: wsUrl, HERALD_API_KEY: API_KEY, HERALD_HMAC_SECRET: SECRET, NEXT_TELEMETRY_DISABLED: '1' },
+      {
+        HERALD_URL: heraldOrigin,
+        HERALD_WS_URL: wsUrl,
+        HERALD_API_KEY: API_KEY,
+        HERALD_HMAC_SECRET: SECRET,
+        HERALD_WEBHOOK_SECRET: WEBHOOK_SECRET,
+        HERALD_PROXY_SECRET: PROXY_SECRET,
+        NEXT_TELEMETRY_DISABLED: '1',
+      },
       /Ready in|started server/i,
       'next start',
     )
@@ -146,7 +157,44 @@ async function main() {
       throw new Error(`unexpected update ${JSON.stringify(update)}`)
     }
     client.disconnect()
-    console.log('\nexamples/nextjs: the route published, the subscriber received it')
+
+    step('the webhook receivers (Node and edge runtimes) take a signed event and refuse a tampered or stale one')
+    // Signed here the way Herald signs (t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">).
+    const body = JSON.stringify({ id: 'e2e-1', event: 'user_offline', ts: Date.now(), data: { userId: 'demo-user', note: 'é🎉' } })
+    const signature = (b, t = Math.floor(Date.now() / 1000)) =>
+      `t=${t},v1=${createHmac('sha256', WEBHOOK_SECRET).update(`${t}.${b}`).digest('hex')}`
+    const hook = (path, b, header) =>
+      fetch(`${app}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', 'herald-signature': header }, body: b })
+    for (const path of ['/api/herald/webhooks', '/api/herald/webhooks-edge']) {
+      const ok = await hook(path, body, signature(body))
+      const okBody = await ok.json()
+      if (ok.status !== 200 || okBody.received !== 'user_offline' || okBody.data.note !== 'é🎉') {
+        throw new Error(`${path}: a signed event answered ${ok.status} ${JSON.stringify(okBody)}`)
+      }
+      const tampered = await hook(path, body.replace('demo-user', 'someone'), signature(body))
+      const stale = await hook(path, body, signature(body, Math.floor(Date.now() / 1000) - 3600))
+      const reasons = [(await tampered.json()).error, (await stale.json()).error]
+      if (tampered.status !== 400 || stale.status !== 400 || reasons.join() !== 'no_matching_signature,timestamp_out_of_tolerance') {
+        throw new Error(`${path}: tampered ${tampered.status}, stale ${stale.status}: ${reasons}`)
+      }
+    }
+    const again = await (await hook('/api/herald/webhooks', body, signature(body))).json()
+    if (again.duplicate !== 'e2e-1') throw new Error(`a repeated id was not deduplicated: ${JSON.stringify(again)}`)
+
+    step('the subscribe proxy route: the bearer secret, then staff of venue 42 only')
+    const ask = (channel, secret = PROXY_SECRET) =>
+      fetch(`${app}/api/herald/subscribe`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+        body: JSON.stringify({ user: 'demo-user', client: '1f', channel, transport: 'websocket' }),
+      })
+    const allowed = await (await ask('promotions:42')).json()
+    const denied = await (await ask('promotions:7')).json()
+    const stranger = await ask('promotions:42', 'wrong-secret')
+    if (allowed.allow !== true || denied.allow !== false || stranger.status !== 401) {
+      throw new Error(`subscribe proxy: ${JSON.stringify(allowed)} ${JSON.stringify(denied)} ${stranger.status}`)
+    }
+    console.log('\nexamples/nextjs: the route published, the subscriber received it; webhooks verified; the proxy decided')
   } finally {
     for (const c of children) c.kill('SIGTERM')
     rmSync(scratch, { recursive: true, force: true })

@@ -166,8 +166,7 @@ export class RealtimeService extends RealtimeClient {
       return this.overHttp(path, body, true)
     }
     if (!res.ok || !answer) {
-      const b = answer
-      const error = (b?.error ?? {}) as { code?: unknown; message?: unknown }
+      const error = (answer?.error ?? {}) as { code?: unknown; message?: unknown }
       throw {
         code: Number(error.code ?? 0),
         message: String(error.message ?? `HTTP ${res.status}`),
