@@ -6,13 +6,20 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+/// Makes rustls + ring the process's TLS provider. reqwest is built without
+/// a provider of its own (it uses the same rustls + ring the server's TLS
+/// uses), and Cargo unifies that feature for every crate of the workspace:
+/// any `reqwest::Client` built in this process (the CLI's `herald publish`
+/// too) panics unless this ran first. Calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client that never follows redirects (a backend answering 3xx is
 /// answering wrongly, and following would send the secret elsewhere),
 /// with `timeout` over the whole request.
 pub fn client(timeout: Duration) -> reqwest::Client {
-    // reqwest is built without a TLS provider of its own: it uses the same
-    // rustls + ring the server's TLS uses. Installing twice is harmless.
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

@@ -23,6 +23,7 @@ use herald_server::Server;
 use cli::{Cli, Command, ConfigArgs};
 
 fn main() {
+    herald_server::outbound::install_crypto_provider();
     let cli = Cli::parse();
     // `serve` logs as its configuration says (`log.format`, `--log-format`),
     // so it sets logging up once that is loaded; the other commands log text.

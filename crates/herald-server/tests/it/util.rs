@@ -70,6 +70,7 @@ impl TestServer {
         let addr = server.local_addr();
         let node = server.node().clone();
         let task = tokio::spawn(server.run());
+        herald_server::outbound::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             // Shorter than the server's idle bound (limits.header_read_timeout),

@@ -41,7 +41,7 @@ async fn kill_9_loses_no_answered_publish() {
     );
     let config = config.to_str().unwrap().to_owned();
     let server = Proc::start(dir.path(), &["--config", &config]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     // Publishers race each other; everything answered 200 must survive.
     let mut tasks = Vec::new();
     for p in 0..8 {
@@ -130,7 +130,7 @@ async fn sigterm_flushes_and_a_restart_has_everything() {
     );
     let config = config.to_str().unwrap().to_owned();
     let mut server = Proc::start(dir.path(), &["--config", &config]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     for i in 0..20 {
         let url = format!("{}/api/channels/d:2/messages", server.origin);
         post_api(&http, &url, &json!(i)).await;

@@ -42,7 +42,7 @@ async fn ops_paths_answer_while_one_address_holds_every_descriptor() {
         hogs.push(TcpStream::connect(addr).await.unwrap());
     }
     // Another address: the ops paths answer promptly.
-    let http = reqwest::Client::builder()
+    let http = crate::util::http_builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
         .timeout(Duration::from_secs(5))
         .build()

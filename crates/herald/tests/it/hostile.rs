@@ -160,7 +160,7 @@ async fn a_hostile_crowd_leaves_no_trace_and_the_healthy_subscriber_gets_everyth
     let origin = server.origin.clone();
     let host = origin.trim_start_matches("http://").to_owned();
     let pid = server.child.id();
-    let http = reqwest::Client::builder()
+    let http = crate::util::http_builder()
         .timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_millis(250))
         .build()
@@ -367,7 +367,7 @@ async fn a_hostile_crowd_leaves_no_trace_and_the_healthy_subscriber_gets_everyth
     for _ in 0..10 {
         let (origin, t) = (origin.clone(), tally("long-poll"));
         tasks.spawn(async move {
-            let client = reqwest::Client::builder()
+            let client = crate::util::http_builder()
                 .timeout(Duration::from_millis(300))
                 .build()
                 .unwrap();

@@ -34,7 +34,7 @@ async fn json_logs_carry_spans_and_access_lines_and_never_a_secret() {
         .arg(&config);
     let mut server = Proc::start_command(dir.path(), cmd);
     let origin = server.origin.clone();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
 
     let good = token("log-user", SECRET);
     let forged = token("log-user", "not-the-secret-at-all-0123456789");

@@ -67,7 +67,7 @@ async fn counters_move_by_what_the_workload_did_and_deploy_names_only_real_metri
     );
     let server = Proc::start(dir.path(), &["--config", config.to_str().unwrap()]);
     let origin = server.origin.clone();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let before = scrape(&http, &origin).await;
 
     // Two subscribers on live:1, one on live:2; one user connected with a token.

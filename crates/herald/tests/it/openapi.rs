@@ -41,7 +41,7 @@ async fn openapi_describes_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let server = Proc::start(dir.path(), &["--config", config.to_str().unwrap()]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
 
     let response = http
         .get(format!("{}/api/openapi.json", server.origin))
@@ -112,7 +112,7 @@ async fn openapi_describes_every_route() {
 /// non-browser clients only (SECURITY.md, dev mode).
 #[tokio::test]
 async fn openapi_is_readable_where_the_rest_of_the_api_is() {
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let get = |origin: String, page: Option<&'static str>| {
         let mut request = http.get(format!("{origin}/api/openapi.json"));
         if let Some(page) = page {

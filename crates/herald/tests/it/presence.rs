@@ -132,7 +132,7 @@ pub async fn until_total(http: &reqwest::Client, origin: &str, channel: &str, n:
 async fn entries_follow_subscriptions_and_join_leave_reach_the_others_only() {
     let (_dir, server) = start("");
     let ws = server.ws_url();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, ann_id) = client(&ws, "ann").await;
     subscribe(&mut ann, "room:1").await;
     let (mut bob, bob_id) = client(&ws, "bob").await;
@@ -245,7 +245,7 @@ async fn entries_follow_subscriptions_and_join_leave_reach_the_others_only() {
 async fn presence_commands_follow_the_subscribe_rules_and_say_1012_where_off() {
     let (_dir, server) = start("");
     let ws = server.ws_url();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, _) = client(&ws, "ann").await;
     let off = presence(&mut ann, "plain:1").await;
     assert_eq!(
@@ -328,7 +328,7 @@ async fn a_slow_consumer_close_removes_its_entry() {
         "[limits]\noutbound_queue = 2\nmax_message_bytes = 1000\noutbound_queue_bytes = 2024\nmax_page_bytes = 1000\n",
     );
     let ws = server.ws_url();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, _) = client(&ws, "ann").await;
     subscribe(&mut ann, "room:1").await;
     let (mut slow, slow_id) = client(&ws, "slow").await;
@@ -363,7 +363,7 @@ async fn a_slow_consumer_close_removes_its_entry() {
 async fn the_entry_gauge_comes_back_to_zero_when_everyone_leaves() {
     let (_dir, server) = start("");
     let ws = server.ws_url();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let mut all = Vec::new();
     for i in 0..40 {
         let (mut c, _) = client(&ws, &format!("u{}", i % 10)).await;
@@ -396,7 +396,7 @@ async fn a_heartbeat_timeout_removes_its_entry() {
     let (_dir, server) =
         start("[heartbeat]\nping_interval = \"300ms\"\npong_timeout = \"300ms\"\n");
     let ws = server.ws_url();
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, _) = client(&ws, "ann").await;
     subscribe(&mut ann, "room:1").await;
     let (mut mute, mute_id) = client(&ws, "mute").await;

@@ -77,7 +77,7 @@ async fn ack_moves_unread_forward_only_and_survives_a_restart() {
     let config = write_config(dir.path(), "");
     let config = config.to_str().unwrap().to_owned();
     let mut server = Proc::start(dir.path(), &["--config", &config]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let mut cursors = Vec::new();
     for i in 0..3 {
         cursors.push(notify(&http, &server.origin, "u1", json!({ "i": i })).await);
@@ -136,7 +136,7 @@ async fn http_read_needs_a_user_token() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let server = Proc::start(dir.path(), &["--config", config.to_str().unwrap()]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let mut cursors = Vec::new();
     for i in 0..4 {
         cursors.push(notify(&http, &server.origin, "u1", json!({ "i": i })).await);

@@ -140,7 +140,7 @@ async fn on_a_cluster_a_publish_on_either_node_reaches_subscribers_on_both_once_
 async fn fan_out_across_nodes(engine: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:1", None).await;
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:1", None).await;
     // Alternating nodes.
@@ -211,7 +211,7 @@ async fn on_a_cluster_resume_on_the_other_node_while_publishes_continue_has_no_g
 async fn resume_across_nodes(engine: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:2", None).await;
     for i in 0..10 {
         publish_ok(&http, &a.origin, "r:2", &json!({ "i": i })).await;
@@ -262,7 +262,7 @@ async fn on_a_cluster_polling_and_long_polling_work_through_the_other_node() {
 async fn poll_across_nodes(engine: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     for i in 0..5 {
         publish_ok(&http, &a.origin, "r:3", &json!({ "i": i })).await;
     }
@@ -324,7 +324,7 @@ async fn read_across_nodes(engine: &str, prefix: &str) {
     use crate::read_state::{ack, connect, mark_read, notify, polled_unread};
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let mut cursors = Vec::new();
     for i in 0..4 {
         cursors.push(notify(&http, &a.origin, "ru", json!({ "i": i })).await);
@@ -523,7 +523,7 @@ async fn while_redis_is_down_publishes_and_ready_are_503_and_the_node_recovers_b
     let dir = tempfile::tempdir().unwrap();
     let mut redis = PrivateRedis::start(dir.path(), free_port());
     let (a, b) = two_nodes(dir.path(), &one(&redis.url()), "herald");
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:4", None).await;
     publish_ok(&http, &a.origin, "r:4", &json!(1)).await;
     assert_eq!(offsets(&mut on_b, 1).await, vec![1]);
@@ -602,7 +602,7 @@ async fn on_a_cluster_a_dropped_pubsub_connection_is_caught_up_from_history_with
 async fn dropped_pubsub_is_caught_up(engine: &str, ports: &[u16]) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_nodes(dir.path(), engine, "herald");
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut on_b, _) = subscriber(&b.ws_url(), "r:6", None).await;
     // A user's inbox on node B hears notifications sent through node A.
     let mut user = Client::open(&b.ws_url()).await.unwrap();
@@ -693,7 +693,7 @@ async fn a_client_of_a_drained_node_resumes_on_the_other_with_nothing_lost() {
 async fn client_of_a_stopped_node_resumes_on_the_other(engine: &str, prefix: &str, signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut on_a, _) = subscriber(&a.ws_url(), "r:7", None).await;
     let publisher = {
         let http = http.clone();
@@ -777,7 +777,7 @@ async fn redis_connections_are_bounded_and_subscriptions_follow_local_listeners(
             .count()
     };
     // Give the node time to act on the closes, then check nothing left.
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     until(Duration::from_secs(10), "half the clients gone", || async {
         let m = http
             .get(format!("{}/metrics", node.origin))
@@ -841,7 +841,7 @@ async fn node_starts_before_redis<R>(engine: &str, start_redis: impl FnOnce() ->
     let dir = tempfile::tempdir().unwrap();
     let config = redis_config(dir.path(), "a", engine, "herald");
     let node = Proc::start(dir.path(), &["--config", &config]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     assert_eq!(status(&http, &format!("{}/ready", node.origin)).await, 503);
     assert_eq!(status(&http, &format!("{}/health", node.origin)).await, 200);
     let (code, body) = publish(&http, &node.origin, "r:8", &json!(1)).await;
@@ -875,7 +875,7 @@ async fn on_a_redis_cluster_any_node_reports_the_whole_cluster_and_a_killed_node
 async fn whole_cluster_view(engine: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, mut b) = two_nodes(dir.path(), engine, prefix);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (on_a, _) = subscriber(&a.ws_url(), "r:cluster", None).await;
     let mut on_b = Vec::new();
     for _ in 0..2 {
@@ -953,7 +953,7 @@ async fn on_a_cluster_channels_spread_over_every_master_and_fan_out_is_sharded()
     let dir = tempfile::tempdir().unwrap();
     let cluster = LocalCluster::start(dir.path());
     let (a, b) = two_nodes(dir.path(), &cluster.engine(), "herald");
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let mut subscribers = Vec::new();
     for i in 0..24 {
         let (c, _) = subscriber(&b.ws_url(), &format!("r:s{i}"), None).await;
@@ -1041,7 +1041,7 @@ async fn presence_across_nodes(engine: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
     let a = presence_node(dir.path(), "a", engine, prefix, "2s");
     let mut b = presence_node(dir.path(), "b", engine, prefix, "2s");
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, ann_id) = client(&a.ws_url(), "ann").await;
     subscribe(&mut ann, "room:1").await;
     let (mut bob, bob_id) = client(&b.ws_url(), "bob").await;
@@ -1139,7 +1139,7 @@ async fn a_drained_node_takes_its_presence_entries_with_it() {
     let engine = one(&redis.url());
     let a = presence_node(dir.path(), "a", &engine, "herald", "60s");
     let mut b = presence_node(dir.path(), "b", &engine, "herald", "60s");
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
     let (mut ann, _) = client(&a.ws_url(), "ann").await;
     subscribe(&mut ann, "room:drain").await;
     let (mut bob, bob_id) = client(&b.ws_url(), "bob").await;

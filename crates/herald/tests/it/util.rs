@@ -8,6 +8,18 @@ use std::time::Duration;
 pub const SECRET: &str = "bin-test-secret-0123456789";
 pub const API_KEY: &str = "bin-test-api-key";
 
+/// An HTTP client for the tests. reqwest shares the server crate's TLS
+/// build, which has no crypto provider until one is installed.
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("http client")
+}
+
+/// A builder for an HTTP client, with the crypto provider installed.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    herald_server::outbound::install_crypto_provider();
+    reqwest::Client::builder()
+}
+
 /// A `herald` command with a clean environment (no inherited `HERALD_*`).
 pub fn herald(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));

@@ -61,7 +61,7 @@ async fn a_fan_out_encodes_once_and_writes_idle_sockets_without_waking_sessions(
         "[limits]\nmax_connections_per_ip = 1000\nmax_connections_per_user = 1000",
     );
     let server = Proc::start(dir.path(), &["--config", config.to_str().unwrap()]);
-    let http = reqwest::Client::new();
+    let http = crate::util::http();
 
     let mut received = Vec::new();
     let mut readers = Vec::new();
