@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 
 use crate::util::*;
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+pub(crate) const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A random key prefix whose keys are deleted when dropped.
-struct Prefix(String);
+pub(crate) struct Prefix(pub(crate) String);
 
 impl Prefix {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -54,13 +54,13 @@ impl Drop for Prefix {
 
 /// A config for a node of the redis engine.
 /// The `[engine]` line for one Redis at `url`.
-fn one(url: &str) -> String {
+pub(crate) fn one(url: &str) -> String {
     format!("redis_url = \"{url}\"")
 }
 
 /// A config for a node of the redis engine; `engine` says where Redis is
 /// ([`one`] or [`LocalCluster::engine`]).
-fn redis_config(dir: &Path, name: &str, engine: &str, prefix: &str) -> String {
+pub(crate) fn redis_config(dir: &Path, name: &str, engine: &str, prefix: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         "listen = \"127.0.0.1:0\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\n{engine}\nredis_prefix = \"{prefix}\"\n[[namespaces]]\nname = \"r\"\nsubscribe = \"public\"\n"
@@ -69,7 +69,7 @@ fn redis_config(dir: &Path, name: &str, engine: &str, prefix: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn two_nodes(dir: &Path, engine: &str, prefix: &str) -> (Proc, Proc) {
+pub(crate) fn two_nodes(dir: &Path, engine: &str, prefix: &str) -> (Proc, Proc) {
     let a = redis_config(dir, "a", engine, prefix);
     let b = redis_config(dir, "b", engine, prefix);
     (
@@ -79,7 +79,7 @@ fn two_nodes(dir: &Path, engine: &str, prefix: &str) -> (Proc, Proc) {
 }
 
 /// Publishes `data` to `channel` through `origin`; returns the status and body.
-async fn publish(
+pub(crate) async fn publish(
     http: &reqwest::Client,
     origin: &str,
     channel: &str,
@@ -97,14 +97,14 @@ async fn publish(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn publish_ok(http: &reqwest::Client, origin: &str, channel: &str, data: &Value) -> Value {
+pub(crate) async fn publish_ok(http: &reqwest::Client, origin: &str, channel: &str, data: &Value) -> Value {
     let (status, body) = publish(http, origin, channel, data).await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// A subscriber to `channel` on the node at `ws`, resuming from `since`.
-async fn subscriber(ws: &str, channel: &str, since: Option<&str>) -> (Client, Value) {
+pub(crate) async fn subscriber(ws: &str, channel: &str, since: Option<&str>) -> (Client, Value) {
     let mut c = Client::open(ws).await.unwrap();
     let connected = c.connect(None).await.unwrap();
     assert_eq!(connected["type"], "connected", "{connected}");
@@ -346,19 +346,19 @@ async fn read_across_nodes(engine: &str, prefix: &str) {
 }
 
 /// A private `redis-server` on a free loopback port; killed when dropped.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: std::path::PathBuf,
     extra: Vec<String>,
 }
 
 impl PrivateRedis {
-    fn start(dir: &Path, port: u16) -> Self {
+    pub(crate) fn start(dir: &Path, port: u16) -> Self {
         Self::start_with(dir, port, Vec::new())
     }
 
-    fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Self {
+    pub(crate) fn start_with(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut r = Self {
             child: None,
             port,
@@ -369,7 +369,7 @@ impl PrivateRedis {
         r
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -389,14 +389,14 @@ impl PrivateRedis {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
@@ -409,12 +409,12 @@ impl Drop for PrivateRedis {
 
 /// A local Redis Cluster of three masters (no replicas) on free loopback
 /// ports, made with `redis-cli --cluster create`; stopped when dropped.
-struct LocalCluster {
-    masters: Vec<PrivateRedis>,
+pub(crate) struct LocalCluster {
+    pub(crate) masters: Vec<PrivateRedis>,
 }
 
 impl LocalCluster {
-    fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
         Self::start_on(dir, &ports)
     }
@@ -463,7 +463,7 @@ impl LocalCluster {
 
     /// The `[engine]` line: two of the three masters as seeds (the third is
     /// found by the client).
-    fn engine(&self) -> String {
+    pub(crate) fn engine(&self) -> String {
         let ports: Vec<u16> = self.masters.iter().map(|m| m.port).collect();
         Self::engine_for(&ports)
     }
@@ -487,7 +487,7 @@ fn free_cluster_port() -> u16 {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -496,7 +496,7 @@ fn free_port() -> u16 {
 }
 
 /// Polls `probe` every 50 ms until it holds, at most `within`.
-async fn until<F, Fut>(within: Duration, what: &str, mut probe: F)
+pub(crate) async fn until<F, Fut>(within: Duration, what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -511,7 +511,7 @@ where
     }
 }
 
-async fn status(http: &reqwest::Client, url: &str) -> u16 {
+pub(crate) async fn status(http: &reqwest::Client, url: &str) -> u16 {
     match http.get(url).timeout(Duration::from_secs(10)).send().await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
@@ -723,7 +723,7 @@ async fn client_of_a_stopped_node_resumes_on_the_other(engine: &str, prefix: &st
     assert_eq!(offsets(&mut on_b, 1).await, vec![101], "nothing twice");
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+pub(crate) fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
