@@ -79,6 +79,28 @@ impl Client {
         })
     }
 
+    /// As [`Client::open`], with extra headers on the upgrade request (a
+    /// cookie, an origin: what a browser would send).
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Self, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| Error::BadFrame(e.to_string()))?;
+            let value = HeaderValue::from_str(value).map_err(|e| Error::BadFrame(e.to_string()))?;
+            request.headers_mut().append(name, value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self {
+            ws,
+            buffered: VecDeque::new(),
+            next_id: 1,
+            auto_pong: true,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
     /// The plain TCP stream under the WebSocket, for load generators that
     /// read frames themselves; `None` over TLS, or when bytes the socket
     /// already read are still buffered (they would be lost).

@@ -52,6 +52,9 @@ pub enum Command {
         user: Option<String>,
         /// Resume the notification inbox from here.
         notifications_since: Option<Cursor>,
+        /// Anything the client wants the connect proxy to see (SPEC §11);
+        /// bounded by the frame limit. `null` is the same as absent.
+        data: Option<Box<RawValue>>,
     },
     /// Subscribe to a channel, optionally resuming from a cursor.
     Subscribe {
@@ -199,6 +202,7 @@ fn build(raw: &RawCommand<'_>) -> Result<Command, CommandError> {
                 None => None,
             },
             notifications_since: optional_cursor(&raw.notifications_since, "notifications_since")?,
+            data: raw.data.filter(|d| d.get() != "null").map(|d| d.to_owned()),
         },
         "subscribe" => Command::Subscribe {
             channel: channel(&raw.channel)?,

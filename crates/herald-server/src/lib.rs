@@ -27,6 +27,7 @@ pub mod node;
 pub mod outbound;
 pub mod presence;
 pub mod private_fs;
+pub mod proxy;
 pub mod quota;
 pub mod server;
 mod session;

@@ -232,8 +232,9 @@ pub struct Node {
     #[allow(dead_code)] // read by the hooks being built on top (issue 13)
     pub(crate) webhooks: crate::webhooks::Webhooks,
     /// Outbound HTTP for the subscribe and connect proxies.
-    #[allow(dead_code)] // read by the hooks being built on top (issue 13)
     pub(crate) proxy_client: reqwest::Client,
+    /// The proxies' request budget, decision cache and requests in flight.
+    pub(crate) proxy: crate::proxy::Proxy,
     connection_ceiling: AtomicU64,
 }
 
@@ -349,7 +350,9 @@ impl Node {
         let webhooks =
             crate::webhooks::Webhooks::new(&config, &id, metrics.clone(), shutdown.clone());
         let proxy_client = crate::outbound::client(config.proxy.timeout);
+        let proxy = crate::proxy::Proxy::new(&config, metrics.clone());
         Ok(Arc::new(Self {
+            proxy,
             webhooks,
             proxy_client,
             presence,
@@ -436,7 +439,8 @@ impl Node {
             SubscribeRule::Claim => {
                 who.user.is_some() && (who.admin || who.claims_channel(channel))
             }
-            // Asked of the backend (the proxy); until that is built, refused.
+            // Asked of the backend by `authorize_subscribe`; a caller that
+            // cannot wait for it is refused.
             SubscribeRule::Proxy => false,
         };
         if allowed {
@@ -447,17 +451,6 @@ impl Node {
                 format!("permission denied for channel {channel}"),
             ))
         }
-    }
-
-    /// Whether `who` may publish to `channel` from a client connection.
-    pub fn check_client_publish(&self, who: &Identity, channel: &str) -> Result<(), CommandError> {
-        if !self.config.dev && !self.namespace(channel).client_publish {
-            return Err(CommandError::new(
-                ErrorCode::PermissionDenied,
-                format!("clients may not publish to channel {channel}"),
-            ));
-        }
-        self.check_subscribe(who, channel)
     }
 
     /// Takes one client publish from the quota of `who` (per user over all

@@ -215,8 +215,15 @@ impl Drop for Member {
 impl Node {
     /// Whether `who` may ask who is in `channel`: as for subscribing
     /// (1002), and only where the namespace keeps presence (1012).
-    pub fn check_presence(&self, who: &Identity, channel: &str) -> Result<(), CommandError> {
-        self.check_subscribe(who, channel)?;
+    pub async fn authorize_presence(
+        &self,
+        who: &Identity,
+        client: Option<&str>,
+        channel: &str,
+        transport: crate::proxy::Transport,
+    ) -> Result<(), CommandError> {
+        self.authorize_subscribe(who, client, channel, transport)
+            .await?;
         self.presence_enabled(channel)
     }
 

@@ -24,6 +24,8 @@ use crate::conns::IpSlot;
 use crate::hub::{inbox_key, Batch, Conn, QueueBound, INBOX_PREFIX};
 use crate::node::{Node, NodeError, PublishItem, Recovery, SessionSlot};
 use crate::presence::{Member, MAX_LISTED};
+use crate::proxy::connect::Connect;
+use crate::proxy::Transport;
 use crate::transport::frame::Violation;
 use crate::transport::ws::{Inbound, Socket};
 
@@ -386,7 +388,11 @@ impl Session {
                 token,
                 user,
                 notifications_since,
-            } => self.on_connect(id, token, user, notifications_since).await,
+                data,
+            } => {
+                self.on_connect(id, token, user, notifications_since, data)
+                    .await
+            }
             Command::Pong => Ok(()),
             // SPEC §3: every command but `connect` waits for `connect`.
             Command::Ping if self.identity.is_some() => self.send(ServerFrame::Pong { id }).await,
@@ -412,17 +418,20 @@ impl Session {
         token: Option<String>,
         user: Option<String>,
         notifications_since: Option<Cursor>,
+        data: Option<Box<serde_json::value::RawValue>>,
     ) -> Step {
         if self.identity.is_some() {
             return self
                 .send_error(id, &CommandError::bad_request("already connected"))
                 .await;
         }
+        // Kept until `connect`, whatever it says: they are credentials.
+        let upgrade = self.socket.take_upgrade_headers();
         let node = self.node.clone();
         let config = node.config();
         // A refused token closes the session below, so past that a token
-        // means a verified one.
-        let has_token = token.is_some();
+        // means a verified one (and a proxied connect, a user the backend named).
+        let mut has_token = token.is_some();
         let identity = match (token, user) {
             (Some(token), _) => match self.node.auth.verify(&token) {
                 Ok(identity) => identity,
@@ -443,6 +452,24 @@ impl Session {
                     "naming a user without a token is allowed in dev mode only",
                 );
                 return self.refuse(id, &e, CloseCode::Unauthorized).await;
+            }
+            (None, None) if config.proxy.connect_url.is_some() => {
+                let client = format!("{:x}", self.conn.id);
+                let asked = node
+                    .authenticate_connect(&client, data.as_deref(), upgrade.as_deref())
+                    .await;
+                match asked {
+                    Connect::Identity(identity) => {
+                        has_token = identity.user.is_some();
+                        identity
+                    }
+                    Connect::Denied(e) => {
+                        return self.refuse(id, &e, CloseCode::Unauthorized).await
+                    }
+                    Connect::Unavailable(e) => {
+                        return self.refuse(id, &e, CloseCode::Shutdown).await
+                    }
+                }
             }
             (None, None) if config.dev || config.auth.allow_anonymous => Identity::unverified(None),
             (None, None) => {
@@ -593,10 +620,17 @@ impl Session {
                 "too many subscriptions on this connection",
             ))
         } else {
-            self.node.check_subscribe(
-                self.identity.as_ref().unwrap_or(&Identity::default()),
-                &channel,
-            )
+            Ok(())
+        };
+        let checked = match checked {
+            Ok(()) => {
+                let who = self.identity.clone().unwrap_or_default();
+                let client = format!("{:x}", self.conn.id);
+                self.node
+                    .authorize_subscribe(&who, Some(&client), &channel, Transport::WebSocket)
+                    .await
+            }
+            Err(e) => Err(e),
         };
         if let Err(e) = checked {
             return self.send_error(id, &e).await;
@@ -668,7 +702,12 @@ impl Session {
 
     async fn on_presence(&mut self, id: Option<u64>, channel: &str, stats: bool) -> Step {
         let who = self.identity.clone().unwrap_or_default();
-        if let Err(e) = self.node.check_presence(&who, channel) {
+        let client = format!("{:x}", self.conn.id);
+        if let Err(e) = self
+            .node
+            .authorize_presence(&who, Some(&client), channel, Transport::WebSocket)
+            .await
+        {
             return self.send_error(id, &e).await;
         }
         let cap = if stats { 0 } else { MAX_LISTED };
@@ -697,11 +736,16 @@ impl Session {
 
     async fn on_publish(&mut self, id: Option<u64>, channel: String, data: &str) -> Step {
         let who = self.identity.clone().unwrap_or_default();
-        if let Err(e) = self
+        let client = format!("{:x}", self.conn.id);
+        let allowed = match self
             .node
-            .check_client_publish(&who, &channel)
-            .and_then(|()| self.node.take_client_publish(&who, self.conn.id))
+            .authorize_client_publish(&who, Some(&client), &channel)
+            .await
         {
+            Ok(()) => self.node.take_client_publish(&who, self.conn.id),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = allowed {
             return self.send_error(id, &e).await;
         }
         let item = PublishItem::Broadcast {

@@ -168,7 +168,10 @@ impl ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let mut err = Self::new(Self::status_for(e.code), e.code, e.message);
-        if err.status == StatusCode::TOO_MANY_REQUESTS {
+        // 503 too: a backend hook without a decision (1011) is worth a retry.
+        if err.status == StatusCode::TOO_MANY_REQUESTS
+            || err.status == StatusCode::SERVICE_UNAVAILABLE
+        {
             err.retry_after = Some(1);
         }
         err

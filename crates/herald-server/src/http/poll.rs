@@ -290,7 +290,8 @@ async fn poll_channel(
     let params = parse_params(query.as_deref())?;
     let who = identity(&node, &headers, params.user.clone())?;
     gate.admit(&who)?;
-    node.check_subscribe(&who, &channel)?;
+    node.authorize_subscribe(&who, None, &channel, crate::proxy::Transport::Polling)
+        .await?;
     let stream: Arc<str> = channel.into();
     let page = long_poll(&node, &stream, &params).await?;
     Ok(render(("channel", &stream), &page, None))

@@ -66,7 +66,7 @@ pub(crate) struct UserStatus {
 
 /// An API key, or a client JWT (or none, where the namespace is public)
 /// that may subscribe to `channel`; 1012 where presence is off.
-fn authorize(
+async fn authorize(
     node: &Node,
     headers: &HeaderMap,
     channel: &str,
@@ -81,7 +81,9 @@ fn authorize(
     }
     let who = super::poll::identity(node, headers, None)?;
     gate.admit(&who)?;
-    Ok(node.check_presence(&who, channel)?)
+    Ok(node
+        .authorize_presence(&who, None, channel, crate::proxy::Transport::Polling)
+        .await?)
 }
 
 /// `GET /api/channels/{channel}/presence`
@@ -109,7 +111,7 @@ pub(crate) async fn presence(
     headers: HeaderMap,
     gate: PollGate,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &channel, &gate)?;
+    authorize(&node, &headers, &channel, &gate).await?;
     let s = node.presence_snapshot(&channel, MAX_LISTED).await?;
     // Entries are JSON already: written as they are, never re-parsed.
     Ok(super::poll::json_no_store(
@@ -143,7 +145,7 @@ pub(crate) async fn presence_stats(
     headers: HeaderMap,
     gate: PollGate,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &channel, &gate)?;
+    authorize(&node, &headers, &channel, &gate).await?;
     let s = node.presence_snapshot(&channel, 0).await?;
     let body = PresenceStatsBody {
         channel,

@@ -121,6 +121,8 @@ pub(crate) struct Socket {
     /// The fan-out's direct way to this socket ([`super::lane`]), on plain
     /// TCP. Closed (and its spill taken) before the socket writes a byte.
     lane: Option<Arc<Lane>>,
+    /// The upgrade's headers for the connect proxy, until `connect`.
+    upgrade: Option<Box<crate::proxy::connect::UpgradeHeaders>>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -147,6 +149,7 @@ impl Socket {
             fragment_deadline: None,
             held: HeldBytes::new(settings.read_buffer_gauge),
             lane: None,
+            upgrade: None,
         };
         socket.account();
         socket
@@ -156,6 +159,22 @@ impl Socket {
     pub(crate) fn with_lane(mut self, lane: Arc<Lane>) -> Self {
         self.lane = Some(lane);
         self
+    }
+
+    /// Keeps the upgrade's headers for the connect proxy.
+    pub(crate) fn with_upgrade_headers(
+        mut self,
+        upgrade: Option<Box<crate::proxy::connect::UpgradeHeaders>>,
+    ) -> Self {
+        self.upgrade = upgrade;
+        self
+    }
+
+    /// The upgrade's headers, once.
+    pub(crate) fn take_upgrade_headers(
+        &mut self,
+    ) -> Option<Box<crate::proxy::connect::UpgradeHeaders>> {
+        self.upgrade.take()
     }
 
     /// The socket's lane, if it has one.

@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::http::error::ApiError;
 use crate::node::Node;
+use crate::proxy::connect::UpgradeHeaders;
 use herald_protocol::ErrorCode;
 
 use super::lane::SharedTcp;
@@ -93,7 +94,7 @@ fn check(
 /// Parses `buf` as the head of a `GET /ws` upgrade and checks it: the accept
 /// key and the head's length when this server takes it, else `None` (not an
 /// upgrade, a refusal, a head too large or malformed: hyper serves those).
-fn fast_check(node: &Node, buf: &[u8]) -> Option<(String, usize)> {
+fn fast_check(node: &Node, buf: &[u8]) -> Option<(String, usize, Option<Box<UpgradeHeaders>>)> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
@@ -114,7 +115,7 @@ fn fast_check(node: &Node, buf: &[u8]) -> Option<(String, usize)> {
         Version::HTTP_10
     };
     let key = check(node, &Method::GET, version, &headers).ok()?;
-    Some((key, len))
+    Some((key, len, UpgradeHeaders::capture(node.config(), &headers)))
 }
 
 fn switching_protocols(accept: &str) -> String {
@@ -135,7 +136,7 @@ pub(crate) async fn accept_raw<S: Io + 'static>(
     mut stream: S,
     tcp: Option<SharedTcp>,
 ) -> Result<Option<Socket>, (Vec<u8>, S)> {
-    let Some((accept, len)) = fast_check(node, &head) else {
+    let Some((accept, len, upgrade)) = fast_check(node, &head) else {
         return Err((head, stream));
     };
     let written = async {
@@ -149,7 +150,7 @@ pub(crate) async fn accept_raw<S: Io + 'static>(
     }
     // Anything after the head is the client's first frames.
     let early = head[len..].to_vec();
-    let socket = Socket::new(Box::new(stream), early, settings(node));
+    let socket = Socket::new(Box::new(stream), early, settings(node)).with_upgrade_headers(upgrade);
     Ok(Some(match tcp {
         Some(tcp) => socket.with_lane(tcp.lane()),
         None => socket,
@@ -189,6 +190,7 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
+    let upgrade = UpgradeHeaders::capture(node.config(), request.headers());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let settings = settings(&node);
     let tracker = node.tracker().clone();
@@ -197,7 +199,8 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, mut request: Request)
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let socket = Socket::new(Box::new(TokioIo::new(upgraded)), Vec::new(), settings);
+        let socket = Socket::new(Box::new(TokioIo::new(upgraded)), Vec::new(), settings)
+            .with_upgrade_headers(upgrade);
         crate::session::run(node, socket, slot).await;
     });
     Response::builder()

@@ -14,6 +14,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod presence;
+mod proxy;
 mod publish;
 mod read_state;
 mod redis;
