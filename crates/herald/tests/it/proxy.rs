@@ -731,6 +731,20 @@ async fn a_connect_the_backend_denies_is_4001_and_one_it_cannot_answer_is_4000()
         assert_eq!(disconnect["reconnect"], false);
         assert_eq!(close, Some(4001));
     }
+    // A cookie past the 8 KiB the server keeps is left out whole (the
+    // others still go): the backend sees no session.
+    let big = format!("sid=good; pad={}", "x".repeat(9 * 1024));
+    let (error, disconnect, close) = refused(&ws, &big).await;
+    assert_eq!(error["code"], 1001, "{error}");
+    assert_eq!(
+        (disconnect["code"].as_u64(), close),
+        (Some(4001), Some(4001))
+    );
+    assert_eq!(
+        stub.asked().last().unwrap().body["headers"],
+        json!({"origin": "https://app.example.com", "user-agent": "proxy-test/1.0"})
+    );
+
     let started = Instant::now();
     for cookie in ["sid=slow", "sid=broken", "sid=garbage"] {
         let (error, disconnect, close) = refused(&ws, cookie).await;
@@ -749,7 +763,7 @@ async fn a_connect_the_backend_denies_is_4001_and_one_it_cannot_answer_is_4000()
             &m,
             "herald_proxy_requests_total{kind=\"connect\",outcome=\"deny\"}"
         ),
-        2.0
+        3.0
     );
     assert_eq!(
         metric_in(
