@@ -154,7 +154,9 @@ impl Proxy {
                 inner.metrics.proxy_cache_hits.inc();
                 return if allow { Answer::Allow } else { Answer::Deny };
             }
-            match flights.get(&key) {
+            // A flight whose task is gone without answering (dropped by a
+            // runtime shutting down before it ran) is replaced, not joined.
+            match flights.get(&key).filter(|f| f.answer.has_changed().is_ok()) {
                 Some(flight) => flight.answer.clone(),
                 None => {
                     let (tx, rx) = watch::channel(None);
