@@ -678,6 +678,23 @@ async fn a_cookie_connect_is_authenticated_by_the_backend() {
         .unwrap();
     assert_eq!(p["clients"][0]["info"], json!({"name": "Carol"}), "{p}");
 
+    // An upgrade with more headers than the accept loop parses goes through
+    // hyper: its headers are forwarded the same.
+    let pads: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("x-pad-{i}"), "1".into()))
+        .collect();
+    let mut headers: Vec<(&str, &str)> =
+        pads.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    headers.push(("cookie", "sid=good"));
+    headers.push(("user-agent", "proxy-test/2.0"));
+    let mut slow_path = Client::open_with_headers(&ws, &headers).await.unwrap();
+    let r = slow_path.connect(None).await.unwrap();
+    assert_eq!(r["user"], "carol", "{r}");
+    assert_eq!(
+        stub.asked().last().unwrap().body["headers"],
+        json!({"cookie": "sid=good", "user-agent": "proxy-test/2.0"})
+    );
+
     // Without data: null is forwarded; without headers: none.
     let before = stub.asked().len();
     let mut bare = Client::open(&ws).await.unwrap();
