@@ -408,7 +408,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Cluster-wide occupancy for node `node`; `None` for single-node
     /// engines, whose node is the cluster.
-    fn occupancy(&self, _node: &str) -> Option<std::sync::Arc<dyn crate::occupancy::OccupancyStore>> {
+    fn occupancy(
+        &self,
+        _node: &str,
+    ) -> Option<std::sync::Arc<dyn crate::occupancy::OccupancyStore>> {
         None
     }
 

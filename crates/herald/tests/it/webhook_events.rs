@@ -176,13 +176,17 @@ async fn one_node_sends_occupied_vacated_online_offline_signed_and_in_order() {
     let mut anon = client(&ws, None).await;
     subscribe(&mut anon, "room:a").await;
     ann.close().await;
-    hook.wait_for("user_offline", json!({"userId": "ann"})).await;
+    hook.wait_for("user_offline", json!({"userId": "ann"}))
+        .await;
     anon.close().await;
     hook.wait_for("channel_vacated", json!({"channel": "room:a"}))
         .await;
     // A long poll is not a subscriber.
     let r = http()
-        .get(format!("{}/api/channels/room:b/messages?wait=1", server.origin))
+        .get(format!(
+            "{}/api/channels/room:b/messages?wait=1",
+            server.origin
+        ))
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -274,7 +278,10 @@ async fn sigterm_delivers_the_last_vacated_and_offline_before_exit() {
     let _ = ann.until_closed().await;
     let (status, _server) = exit.await.unwrap();
     assert!(status.success(), "{status}");
-    assert_eq!(hook.count("channel_vacated", &json!({"channel": "room:t"})), 1);
+    assert_eq!(
+        hook.count("channel_vacated", &json!({"channel": "room:t"})),
+        1
+    );
     assert_eq!(hook.count("user_offline", &json!({"userId": "ann"})), 1);
 }
 
@@ -325,10 +332,10 @@ async fn two_nodes_send_each_transition_once_per_cluster() {
         assert_eq!(hook.count(event, data), 1, "{event}: {:?}", hook.events());
     }
     // Receivers can deduplicate by id: cluster-decided ids name the event.
-    assert!(hook
-        .attempts()
-        .iter()
-        .all(|a| a["id"].as_str().unwrap().starts_with(a["event"].as_str().unwrap())));
+    assert!(hook.attempts().iter().all(|a| a["id"]
+        .as_str()
+        .unwrap()
+        .starts_with(a["event"].as_str().unwrap())));
     drop((a, b));
 }
 
