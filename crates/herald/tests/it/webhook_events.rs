@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::redis::{one, until, Prefix, SHARED_REDIS};
+use crate::redis::{one, until, LocalCluster, Prefix, SHARED_REDIS};
 use crate::util::*;
 
 const HOOK_SECRET: &str = "webhook-secret-0123456789";
@@ -286,12 +286,18 @@ async fn sigterm_delivers_the_last_vacated_and_offline_before_exit() {
 }
 
 /// A node of the redis engine sending every event to `hook`.
-fn redis_node(dir: &std::path::Path, name: &str, prefix: &str, hook: &Receiver) -> Proc {
+fn redis_node(
+    dir: &std::path::Path,
+    name: &str,
+    engine: &str,
+    prefix: &str,
+    hook: &Receiver,
+) -> Proc {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[presence]\nttl = \"2s\"\n[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\nallow_anonymous = true\n[engine]\nkind = \"redis\"\n{}\nredis_prefix = \"{prefix}\"\n{ROOM}",
         hook.config(),
-        one(SHARED_REDIS),
+        engine,
     );
     std::fs::write(&path, text).unwrap();
     Proc::start(dir, &["--config", path.to_str().unwrap()])
@@ -300,10 +306,21 @@ fn redis_node(dir: &std::path::Path, name: &str, prefix: &str, hook: &Receiver) 
 #[tokio::test]
 async fn two_nodes_send_each_transition_once_per_cluster() {
     let prefix = Prefix::new();
-    let hook = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = redis_node(dir.path(), "a", &prefix.0, &hook);
-    let b = redis_node(dir.path(), "b", &prefix.0, &hook);
+    once_per_cluster(dir.path(), &one(SHARED_REDIS), &prefix.0).await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_send_each_transition_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path());
+    once_per_cluster(dir.path(), &cluster.engine(), "herald").await;
+}
+
+async fn once_per_cluster(dir: &std::path::Path, engine: &str, prefix: &str) {
+    let hook = Receiver::start().await;
+    let a = redis_node(dir, "a", engine, prefix, &hook);
+    let b = redis_node(dir, "b", engine, prefix, &hook);
     let room = json!({"channel": "room:x"});
     let ann = json!({"userId": "ann"});
 
@@ -344,8 +361,9 @@ async fn a_killed_nodes_channels_and_users_are_released_by_a_survivor() {
     let prefix = Prefix::new();
     let hook = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut a = redis_node(dir.path(), "a", &prefix.0, &hook);
-    let _b = redis_node(dir.path(), "b", &prefix.0, &hook);
+    let engine = one(SHARED_REDIS);
+    let mut a = redis_node(dir.path(), "a", &engine, &prefix.0, &hook);
+    let _b = redis_node(dir.path(), "b", &engine, &prefix.0, &hook);
     let room = json!({"channel": "room:k"});
     let ann = json!({"userId": "ann"});
     let mut c = client(&a.ws_url(), Some("ann")).await;
