@@ -370,3 +370,86 @@ impl Runner<'_> {
         tracing::warn!(error = %e, "cannot record occupancy now; retried at the next heartbeat");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, EngineKind, WebhookConfig};
+    use crate::hub::{Conn, QueueBound};
+    use prometheus_client::metrics::gauge::Gauge;
+    use std::time::Instant;
+
+    /// A store that only records what the node holds.
+    #[derive(Default)]
+    struct Recording(Mutex<HashSet<Key>>);
+
+    #[async_trait]
+    impl OccupancyStore for Recording {
+        async fn hold(&self, key: &Key) -> Result<Option<String>, EngineError> {
+            Ok(self.0.lock().insert(key.clone()).then(|| "h".into()))
+        }
+        async fn release(&self, key: &Key) -> Result<Option<String>, EngineError> {
+            Ok(self.0.lock().remove(key).then(|| "r".into()))
+        }
+        async fn heartbeat(&self, _: Duration) -> Result<(Vec<Decided>, bool), EngineError> {
+            Ok((Vec::new(), false))
+        }
+        async fn leave(&self) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    async fn eventually(what: &str, probe: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !probe() {
+            assert!(Instant::now() < deadline, "not within 5s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_dropped_on_a_full_queue_is_caught_up_at_the_next_heartbeat() {
+        let mut config = Config::default();
+        config.engine.kind = EngineKind::Memory;
+        config.auth.hmac_secret = Some("a-test-secret-of-32-bytes-000000".into());
+        config.presence.ttl = Duration::from_secs(1);
+        config.limits.webhook_queue = 1;
+        config.webhooks = vec![WebhookConfig {
+            // Nothing listens: the events themselves don't matter here.
+            url: "http://127.0.0.1:9/".into(),
+            events: vec![WebhookEvent::ChannelOccupied, WebhookEvent::ChannelVacated],
+            secret: "a-webhook-secret-0123".into(),
+        }];
+        let node = Node::new(config).unwrap();
+        let occupancy = node.occupancy.clone().unwrap();
+        let conn = Arc::new(Conn::new(
+            7,
+            QueueBound {
+                frames: 8,
+                bytes: usize::MAX,
+            },
+            Gauge::default(),
+            None,
+        ));
+        let (a, b): (Arc<str>, Arc<str>) = ("room:a".into(), "room:b".into());
+        // Before the task runs: the queue of one takes `a` and drops `b`.
+        node.hub.subscribe(&a, &conn);
+        node.hub.subscribe(&b, &conn);
+        assert_eq!(occupancy.dropped.get(), 1);
+        let store = Arc::new(Recording::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            node.clone(),
+            occupancy.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+        eventually("both channels held", || store.0.lock().len() == 2).await;
+        node.hub.unsubscribe(&a, 7);
+        eventually("a released", || store.0.lock().len() == 1).await;
+        // Still subscribed at stop: released on the way out.
+        stop.cancel();
+        task.await.unwrap();
+        assert!(store.0.lock().is_empty());
+    }
+}

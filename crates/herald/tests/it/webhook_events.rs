@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::redis::{one, until, LocalCluster, Prefix, SHARED_REDIS};
+use crate::redis::{one, redis_cli, until, LocalCluster, Prefix, SHARED_REDIS};
 use crate::util::*;
 
 const HOOK_SECRET: &str = "webhook-secret-0123456789";
@@ -268,14 +268,17 @@ async fn sigterm_delivers_the_last_vacated_and_offline_before_exit() {
     hook.wait_for("channel_occupied", json!({"channel": "room:t"}))
         .await;
     hook.wait_for("user_online", json!({"userId": "ann"})).await;
-    // Slow answers: shutdown must wait for them, not cut them off.
-    *hook.seen.delay.lock().unwrap() = Duration::from_millis(500);
+    // The last two events are refused once: shutdown must wait for their
+    // retries (a second later), not cut them off.
+    hook.seen.refuse.store(2, Ordering::Release);
     server.signal("-TERM");
     let exit = tokio::task::spawn_blocking(move || {
         let status = server.wait_exit(Duration::from_secs(20));
         (status, server)
     });
     let _ = ann.until_closed().await;
+    // Gone at once, so the node's exit is not held by a close handshake.
+    drop(ann);
     let (status, _server) = exit.await.unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(
@@ -283,6 +286,8 @@ async fn sigterm_delivers_the_last_vacated_and_offline_before_exit() {
         1
     );
     assert_eq!(hook.count("user_offline", &json!({"userId": "ann"})), 1);
+    let refused = hook.attempts().iter().filter(|a| a["ok"] == false).count();
+    assert_eq!(refused, 2, "{:?}", hook.attempts());
 }
 
 /// A node of the redis engine sending every event to `hook`.
@@ -307,17 +312,33 @@ fn redis_node(
 async fn two_nodes_send_each_transition_once_per_cluster() {
     let prefix = Prefix::new();
     let dir = tempfile::tempdir().unwrap();
-    once_per_cluster(dir.path(), &one(SHARED_REDIS), &prefix.0).await;
+    once_per_cluster(dir.path(), &one(SHARED_REDIS), 6379, &prefix.0).await;
 }
 
 #[tokio::test]
 async fn two_nodes_on_a_redis_cluster_send_each_transition_once() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = LocalCluster::start(dir.path());
-    once_per_cluster(dir.path(), &cluster.engine(), "herald").await;
+    let port = cluster.masters[0].port;
+    once_per_cluster(dir.path(), &cluster.engine(), port, "herald").await;
 }
 
-async fn once_per_cluster(dir: &std::path::Path, engine: &str, prefix: &str) {
+/// Waits until `n` nodes hold `key` in Redis (any master of a cluster at
+/// `port`). Each node records its holding shortly after the change, so a
+/// test that wants "the last one left" must let the others record theirs.
+async fn held_by(port: u16, key: String, n: usize) {
+    until(
+        Duration::from_secs(15),
+        &format!("{n} nodes in {key}"),
+        || {
+            let out = redis_cli(port, &["-c", "SCARD", &key]);
+            async move { out.trim() == n.to_string() }
+        },
+    )
+    .await;
+}
+
+async fn once_per_cluster(dir: &std::path::Path, engine: &str, port: u16, prefix: &str) {
     let hook = Receiver::start().await;
     let a = redis_node(dir, "a", engine, prefix, &hook);
     let b = redis_node(dir, "b", engine, prefix, &hook);
@@ -330,10 +351,19 @@ async fn once_per_cluster(dir: &std::path::Path, engine: &str, prefix: &str) {
     subscribe(&mut on_b, "room:x").await;
     hook.wait_for("channel_occupied", room.clone()).await;
     hook.wait_for("user_online", ann.clone()).await;
+    held_by(port, format!("{prefix}:oc:{{room:x}}"), 2).await;
+    held_by(port, format!("{prefix}:ou:{{ann}}"), 2).await;
     on_a.close().await;
     // Still held on b: a grace period shows nothing is sent.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(hook.count("channel_vacated", &room), 0);
+    assert_eq!(
+        hook.count("channel_vacated", &room),
+        0,
+        "{:?}\n{}\n{}",
+        hook.attempts(),
+        a.stderr(),
+        b.stderr()
+    );
     assert_eq!(hook.count("user_offline", &ann), 0);
     on_b.close().await;
     hook.wait_for("channel_vacated", room.clone()).await;

@@ -33,7 +33,6 @@ use super::conn::Commands;
 use super::{bounded, millis, Naming};
 use crate::config::WebhookEvent;
 use crate::engine::EngineError;
-use crate::ids::unix_millis;
 use crate::occupancy::{Decided, Key, Kind, OccupancyStore};
 
 /// Dead nodes claimed per heartbeat, and index entries read per call.
@@ -231,8 +230,15 @@ impl OccupancyStore for RedisOccupancy {
     }
 
     async fn heartbeat(&self, ttl: Duration) -> Result<(Vec<Decided>, bool), EngineError> {
-        let now = unix_millis();
         let mut conn = self.conn.clone();
+        // Redis's clock, not this node's: nodes whose clocks disagree by
+        // more than the TTL must not take each other for dead.
+        let (secs, micros): (String, String) =
+            bounded(::redis::cmd("TIME").query_async(&mut conn)).await?;
+        let now = match (secs.parse::<u64>(), micros.parse::<u64>()) {
+            (Ok(s), Ok(us)) => s.saturating_mul(1000).saturating_add(us / 1000),
+            _ => return Err(EngineError("redis: malformed TIME reply".into())),
+        };
         // ZADD answers 1 when the node was not there: at its first beat, or
         // after another node took it for dead and cleaned up after it.
         let added: i64 = bounded(
