@@ -300,7 +300,14 @@ pub async fn run(
     for key in held {
         runner.set(&key, false).await;
     }
-    if let Err(e) = store.leave().await {
+    if !runner.held.is_empty() {
+        // Leaving would delete the index the others clean up from: stay in
+        // it, stale, and a survivor releases the rest after `presence.ttl`.
+        tracing::warn!(
+            left = runner.held.len(),
+            "cannot release every channel and user now; another node releases them within presence.ttl"
+        );
+    } else if let Err(e) = store.leave().await {
         runner.failed(&e);
     }
 }

@@ -410,3 +410,41 @@ async fn a_killed_nodes_channels_and_users_are_released_by_a_survivor() {
     assert_eq!(hook.count("channel_vacated", &room), 1);
     assert_eq!(hook.count("user_offline", &ann), 1);
 }
+
+#[tokio::test]
+async fn a_node_stopped_with_sigterm_vacates_what_only_it_held_in_the_cluster() {
+    let prefix = Prefix::new();
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = one(SHARED_REDIS);
+    let mut a = redis_node(dir.path(), "a", &engine, &prefix.0, &hook);
+    let b = redis_node(dir.path(), "b", &engine, &prefix.0, &hook);
+    let (only_a, both) = (json!({"channel": "room:s1"}), json!({"channel": "room:s2"}));
+    let mut on_a = client(&a.ws_url(), None).await;
+    subscribe(&mut on_a, "room:s1").await;
+    subscribe(&mut on_a, "room:s2").await;
+    let mut on_b = client(&b.ws_url(), None).await;
+    subscribe(&mut on_b, "room:s2").await;
+    hook.wait_for("channel_occupied", only_a.clone()).await;
+    hook.wait_for("channel_occupied", both.clone()).await;
+    held_by(6379, format!("{}:oc:{{room:s2}}", prefix.0), 2).await;
+    a.signal("-TERM");
+    let _ = on_a.until_closed().await;
+    drop(on_a);
+    let status = tokio::task::spawn_blocking(move || a.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // Delivered before a exited.
+    assert_eq!(hook.count("channel_vacated", &only_a), 1);
+    // A bounded wait shows b still holds the other.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.count("channel_vacated", &both), 0);
+    // a left the store: only b's index of what it holds is there.
+    let indexes = redis_cli(
+        6379,
+        &["--scan", "--pattern", &format!("{}:oi:*", prefix.0)],
+    );
+    assert_eq!(indexes.lines().count(), 1, "{indexes}");
+    drop((on_b, b));
+}
