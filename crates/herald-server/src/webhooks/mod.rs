@@ -6,9 +6,10 @@
 //! `limits.webhook_queue` (an event past it is dropped and counted: a dead
 //! backend must not grow memory without bound), and at most
 //! `limits.webhook_concurrency` requests are open at once. The queue lives
-//! in memory: events queued when a node stops are lost with it (the
-//! cluster-once events are decided before they are queued, see their
-//! callers).
+//! in memory: on shutdown the node waits for it to empty, within
+//! `limits.shutdown_timeout` ([`Webhooks::drain`]); events still queued then,
+//! or when a node is killed, are lost with it (the cluster-once events are
+//! decided before they are queued, see `occupancy.rs`).
 
 pub mod sign;
 
