@@ -1117,7 +1117,6 @@ impl Node {
         }
     }
 
-    /// Flushes and closes the engine; call after sessions have drained.
     /// Runs the occupancy and online webhooks until `stop` (a no-op when no
     /// webhook wants them); on `stop` it releases what this node holds.
     pub fn spawn_occupancy(
@@ -1143,6 +1142,7 @@ impl Node {
         self.webhooks.drain(until).await;
     }
 
+    /// Flushes and closes the engine; call after sessions have drained.
     pub async fn close_engine(&self) {
         self.engine.close().await;
     }
