@@ -260,12 +260,10 @@ pub async fn run(
     };
     loop {
         tokio::select! {
+            // The heartbeat before changes: a steady stream of changes must
+            // not starve it, or the others would take this node for dead.
             biased;
             () = stop.cancelled() => break,
-            key = rx.recv() => match key {
-                Some(key) => runner.sync(&key).await,
-                None => break,
-            },
             _ = every.tick() => {
                 match store.heartbeat(ttl).await {
                     Ok((decided, reclaimed)) => {
@@ -289,6 +287,10 @@ pub async fn run(
                     runner.sync(&key).await;
                 }
             }
+            key = rx.recv() => match key {
+                Some(key) => runner.sync(&key).await,
+                None => break,
+            },
         }
     }
     // Sessions are gone by now (the server waits for them first), so this
