@@ -335,7 +335,8 @@ pub struct LimitsConfig {
     #[serde(with = "duration_str")]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,
-    /// Time to let connections drain on shutdown.
+    /// Time to let connections drain on shutdown, and queued webhooks be
+    /// delivered.
     #[serde(with = "duration_str")]
     #[schemars(with = "String")]
     pub shutdown_timeout: Duration,
@@ -391,7 +392,8 @@ pub struct LimitsConfig {
     /// Subscribe decisions the proxy cache holds; the oldest go first.
     pub proxy_cache_entries: usize,
     /// Webhook deliveries waiting on this node (all URLs together); an
-    /// event past it is dropped and counted.
+    /// event past it is dropped and counted. Also bounds the channel and
+    /// user changes waiting to be decided for the occupancy and online events.
     pub webhook_queue: usize,
     /// Webhook requests in flight at once on this node.
     pub webhook_concurrency: usize,

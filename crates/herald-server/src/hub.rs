@@ -473,6 +473,9 @@ pub struct Hub {
     /// a connection is in at most one pending entry (`Queue::scheduled`),
     /// so what waits here is bounded by the number of connections.
     flushers: OnceLock<Vec<mpsc::UnboundedSender<Vec<Arc<Conn>>>>>,
+    /// Told when a channel gains its first subscriber or loses its last
+    /// (the occupancy webhooks), when a webhook wants that.
+    occupancy: OnceLock<Arc<crate::occupancy::Occupancy>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -496,6 +499,7 @@ impl Hub {
             waiting: AtomicUsize::new(0),
             watcher: OnceLock::new(),
             flushers: OnceLock::new(),
+            occupancy: OnceLock::new(),
         }
     }
 
@@ -535,6 +539,21 @@ impl Hub {
         }
     }
 
+    /// Sets the occupancy hook. Set once, before use.
+    pub fn set_occupancy(&self, occupancy: Arc<crate::occupancy::Occupancy>) {
+        let _ = self.occupancy.set(occupancy);
+    }
+
+    /// A channel's subscribers went from none to some or back (a
+    /// non-blocking send: called under the shard lock).
+    fn occupancy_changed(&self, stream: &Arc<str>) {
+        if let Some(o) = self.occupancy.get() {
+            if crate::engine::is_channel(stream) {
+                o.channel_changed(stream);
+            }
+        }
+    }
+
     fn shard(&self, stream: &str) -> &RwLock<Shard> {
         &self.shards[self.hasher.hash_one(stream) as usize % SHARDS]
     }
@@ -555,6 +574,7 @@ impl Hub {
         let subs = shard.streams.entry(stream.clone()).or_default();
         if subs.is_empty() {
             self.stream_counter(stream).fetch_add(1, Ordering::Relaxed);
+            self.occupancy_changed(stream);
         }
         subs.push(conn.clone());
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -575,6 +595,7 @@ impl Hub {
             if subs.is_empty() {
                 shard.streams.remove(stream);
                 self.stream_counter(stream).fetch_sub(1, Ordering::Relaxed);
+                self.occupancy_changed(&key);
                 self.watch_changed(&shard, &key, true);
             }
         }

@@ -24,6 +24,7 @@ pub mod ids;
 mod json_shape;
 pub mod metrics;
 pub mod node;
+pub mod occupancy;
 pub mod outbound;
 pub mod presence;
 pub mod private_fs;

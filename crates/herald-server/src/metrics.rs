@@ -93,7 +93,9 @@ pub struct Metrics {
     /// retried or given up.
     pub webhook_attempts_failed: Counter,
     /// Webhook deliveries given up, by `reason`: `overflow` (queue full),
-    /// `expired` (not taken within `limits.webhook_retry_for`), `shutdown`.
+    /// `expired` (not taken within `limits.webhook_retry_for`), `shutdown`;
+    /// and `occupancy`: a channel or user change that found its queue full
+    /// (caught up at the next heartbeat).
     pub webhooks_dropped: Family<[(&'static str, &'static str); 1], Counter>,
     /// Proxy requests by `kind` (`subscribe`, `connect`) and `outcome`
     /// (`allow`, `deny`, `error`).
@@ -330,7 +332,7 @@ impl Metrics {
         );
         registry.register(
             "webhooks_dropped",
-            "Webhook deliveries given up, by reason (overflow, expired, shutdown)",
+            "Webhook deliveries given up, by reason (overflow, expired, shutdown; occupancy: a channel or user change that found its queue full)",
             m.webhooks_dropped.clone(),
         );
         registry.register(

@@ -197,6 +197,9 @@ impl Drop for SessionSlot {
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(user) = &self.user {
             self.node.users.remove(user, self.conn);
+            if let Some(o) = &self.node.occupancy {
+                o.user_changed(user);
+            }
             self.node.user_offline(user, self.conn, self.online.take());
         }
     }
@@ -229,8 +232,9 @@ pub struct Node {
     /// This node's presence entries (all of presence on single-node engines).
     pub(crate) presence: crate::presence::Local,
     /// Events for the application's backend.
-    #[allow(dead_code)] // read by the hooks being built on top (issue 13)
     pub(crate) webhooks: crate::webhooks::Webhooks,
+    /// The occupancy and online webhooks' hooks, when a webhook wants them.
+    pub(crate) occupancy: Option<Arc<crate::occupancy::Occupancy>>,
     /// Outbound HTTP for the subscribe and connect proxies.
     pub(crate) proxy_client: reqwest::Client,
     /// The proxies' request budget, decision cache and requests in flight.
@@ -347,13 +351,21 @@ impl Node {
         let presence = crate::presence::Local::new(metrics.presence_entries.clone());
         let id = random_token(12);
         let shutdown = CancellationToken::new();
+        // Its own token: shutdown first lets queued events go out
+        // (`Node::drain_webhooks`), then stops the dispatcher.
         let webhooks =
-            crate::webhooks::Webhooks::new(&config, &id, metrics.clone(), shutdown.clone());
+            crate::webhooks::Webhooks::new(&config, &id, metrics.clone(), CancellationToken::new());
+        let occupancy =
+            crate::occupancy::Occupancy::new(&webhooks, &metrics, config.limits.webhook_queue);
+        if let Some(o) = &occupancy {
+            hub.set_occupancy(o.clone());
+        }
         let proxy_client = crate::outbound::client(config.proxy.timeout);
         let proxy = crate::proxy::Proxy::new(&config, metrics.clone());
         Ok(Arc::new(Self {
             proxy,
             webhooks,
+            occupancy,
             proxy_client,
             presence,
             client_publishes,
@@ -493,6 +505,9 @@ impl Node {
                     "too many connections for this user",
                 ));
             }
+        }
+        if let (Some(user), Some(o)) = (user, &self.occupancy) {
+            o.user_changed(user);
         }
         let online = user.and_then(|user| self.user_online(user, conn.id));
         Ok(SessionSlot {
@@ -1093,6 +1108,31 @@ impl Node {
             Some(e) => Some(e.limit_pages_for_tests(pages).await),
             None => None,
         }
+    }
+
+    /// Runs the occupancy and online webhooks until `stop` (a no-op when no
+    /// webhook wants them); on `stop` it releases what this node holds.
+    pub fn spawn_occupancy(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let occupancy = self.occupancy.clone()?;
+        let store = self.engine.occupancy(&self.id).unwrap_or_else(|| {
+            Arc::new(crate::occupancy::LocalStore::new(&self.id))
+                as Arc<dyn crate::occupancy::OccupancyStore>
+        });
+        Some(tokio::spawn(crate::occupancy::run(
+            self.clone(),
+            occupancy,
+            store,
+            stop,
+        )))
+    }
+
+    /// Waits until queued webhooks are delivered or `until`, then stops
+    /// the dispatcher.
+    pub async fn drain_webhooks(&self, until: tokio::time::Instant) {
+        self.webhooks.drain(until).await;
     }
 
     /// Flushes and closes the engine; call after sessions have drained.

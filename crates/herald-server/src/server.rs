@@ -148,6 +148,8 @@ impl Server {
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         node.hub.start_flushers(workers);
         let refresher = spawn_presence_refresher(&node);
+        let occupancy_stop = tokio_util::sync::CancellationToken::new();
+        let occupancy = node.spawn_occupancy(occupancy_stop.clone());
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -208,6 +210,15 @@ impl Server {
                 "shutdown timeout: dropping sessions that did not finish"
             );
         }
+        // Sessions are gone: the node releases what it held (vacated and
+        // offline where it was the last), then the events go out.
+        occupancy_stop.cancel();
+        if let Some(task) = occupancy {
+            if tokio::time::timeout_at(drain_until, task).await.is_err() {
+                tracing::warn!("shutdown timeout: occupancy not released; other nodes release it within presence.ttl");
+            }
+        }
+        node.drain_webhooks(drain_until).await;
         sweeper.abort();
         announcer.abort();
         refresher.abort();

@@ -406,6 +406,15 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Cluster-wide occupancy for node `node`; `None` for single-node
+    /// engines, whose node is the cluster.
+    fn occupancy(
+        &self,
+        _node: &str,
+    ) -> Option<std::sync::Arc<dyn crate::occupancy::OccupancyStore>> {
+        None
+    }
+
     /// Finishes pending writes and releases the store.
     async fn close(&self);
 }

@@ -6,9 +6,10 @@
 //! `limits.webhook_queue` (an event past it is dropped and counted: a dead
 //! backend must not grow memory without bound), and at most
 //! `limits.webhook_concurrency` requests are open at once. The queue lives
-//! in memory: events queued when a node stops are lost with it (the
-//! cluster-once events are decided before they are queued, see their
-//! callers).
+//! in memory: on shutdown the node waits for it to empty, within
+//! `limits.shutdown_timeout` ([`Webhooks::drain`]); events still queued then,
+//! or when a node is killed, are lost with it (the cluster-once events are
+//! decided before they are queued, see `occupancy.rs`).
 
 pub mod sign;
 
@@ -52,6 +53,8 @@ struct Shared {
     requests: Semaphore,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Woken when the last pending delivery ends.
+    idle: tokio::sync::Notify,
     /// Event ids: this node's random prefix and a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -62,7 +65,9 @@ struct Place(Arc<Shared>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
         self.0.metrics.webhook_queue.dec();
     }
 }
@@ -96,6 +101,7 @@ impl Webhooks {
                 requests: Semaphore::new(l.webhook_concurrency),
                 metrics,
                 shutdown,
+                idle: tokio::sync::Notify::new(),
                 id_prefix: node_id.to_owned(),
                 next_id: AtomicU64::new(1),
             }),
@@ -152,6 +158,29 @@ impl Webhooks {
             let place = Place(s.clone());
             runtime.spawn(deliver(place, index, body.clone(), event));
         }
+    }
+
+    /// Waits until nothing is queued or `until`, then stops: deliveries
+    /// still waiting are dropped (counted as `shutdown`). For shutdown,
+    /// after the last events were queued.
+    pub async fn drain(&self, until: tokio::time::Instant) {
+        let s = &self.shared;
+        loop {
+            let idle = s.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if s.pending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                tracing::warn!(
+                    pending = s.pending.load(Ordering::Acquire),
+                    "shutdown timeout: webhooks not delivered are dropped"
+                );
+                break;
+            }
+        }
+        s.shutdown.cancel();
     }
 
     /// Deliveries waiting or in flight.

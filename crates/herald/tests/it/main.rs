@@ -18,5 +18,6 @@ mod proxy;
 mod publish;
 mod read_state;
 mod redis;
+mod webhook_events;
 mod work;
 mod ws_protocol;

@@ -21,6 +21,7 @@
 
 mod conn;
 mod fanout;
+mod occupancy;
 mod presence;
 mod pubsub;
 mod scripts;
@@ -608,6 +609,14 @@ impl Engine for RedisEngine {
 
     fn presence(&self) -> Option<&dyn PresenceStore> {
         Some(&self.presence)
+    }
+
+    fn occupancy(&self, node: &str) -> Option<Arc<dyn crate::occupancy::OccupancyStore>> {
+        Some(Arc::new(occupancy::RedisOccupancy::new(
+            self.conn.clone(),
+            self.naming.clone(),
+            node,
+        )))
     }
 
     async fn close(&self) {
