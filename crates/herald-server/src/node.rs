@@ -733,6 +733,7 @@ impl Node {
             data: data.into(),
             retention,
             key: None,
+            undelivered_after: None,
         })
     }
 

@@ -97,7 +97,12 @@ pub(crate) async fn publish(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-pub(crate) async fn publish_ok(http: &reqwest::Client, origin: &str, channel: &str, data: &Value) -> Value {
+pub(crate) async fn publish_ok(
+    http: &reqwest::Client,
+    origin: &str,
+    channel: &str,
+    data: &Value,
+) -> Value {
     let (status, body) = publish(http, origin, channel, data).await;
     assert_eq!(status, 200, "{body}");
     body

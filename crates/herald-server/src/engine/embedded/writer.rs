@@ -252,6 +252,13 @@ impl Writer {
             }
         }
         tx.commit().map_err(db_err)?;
+        let tracked = group
+            .iter()
+            .zip(&out)
+            .flat_map(|((reqs, _), outcomes)| reqs.iter().zip(outcomes))
+            .filter(|(req, outcome)| req.undelivered_after.is_some() && outcome.is_ok())
+            .count() as u64;
+        self.shared.undelivered.fetch_add(tracked, Ordering::AcqRel);
         for (stream, t) in touched {
             self.books.cache.insert(stream, t.pos);
         }
@@ -440,6 +447,22 @@ impl Books {
         let epoch = self.epoch(pos.generation);
         if let Some(key) = &req.key {
             remember_key(tx, &req.stream, key, &epoch, offset, ts)?;
+        }
+        if let Some(after) = req.undelivered_after {
+            // In the message's transaction: a notification answered is a
+            // notification watched, across a crash too.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO undelivered (stream, offset, epoch, due) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &*req.stream,
+                    offset as i64,
+                    &*epoch,
+                    expire_at(ts, after).min(i64::MAX as u64) as i64
+                ])
+            })
+            .map_err(db_err)?;
         }
         Ok(Ok(Publication {
             stream: req.stream.clone(),
