@@ -229,11 +229,12 @@ pub struct Node {
     /// This node's presence entries (all of presence on single-node engines).
     pub(crate) presence: crate::presence::Local,
     /// Events for the application's backend.
-    #[allow(dead_code)] // read by the hooks being built on top (issue 13)
     pub(crate) webhooks: crate::webhooks::Webhooks,
     /// Outbound HTTP for the subscribe and connect proxies.
     #[allow(dead_code)] // read by the hooks being built on top (issue 13)
     pub(crate) proxy_client: reqwest::Client,
+    /// The `notification_undelivered` hook, when on.
+    pub(crate) undelivered: Option<crate::undelivered::Undelivered>,
     connection_ceiling: AtomicU64,
 }
 
@@ -349,7 +350,16 @@ impl Node {
         let webhooks =
             crate::webhooks::Webhooks::new(&config, &id, metrics.clone(), shutdown.clone());
         let proxy_client = crate::outbound::client(config.proxy.timeout);
+        let undelivered = crate::undelivered::Undelivered::new(
+            &config,
+            webhooks.wants(crate::config::WebhookEvent::NotificationUndelivered),
+            &metrics,
+        );
+        if let Some(hook) = &undelivered {
+            hub.set_delivered(hook.marks());
+        }
         Ok(Arc::new(Self {
+            undelivered,
             webhooks,
             proxy_client,
             presence,
@@ -703,14 +713,14 @@ impl Node {
     }
 
     fn validate(&self, item: PublishItem) -> Result<PublishRequest, CommandError> {
-        let (stream, data) = match item {
+        let (stream, data, notify) = match item {
             PublishItem::Broadcast { channel, data } => {
                 validate_channel(&channel)?;
-                (Arc::<str>::from(channel), data)
+                (Arc::<str>::from(channel), data, false)
             }
             PublishItem::Notify { user, data } => {
                 validate_user_id(&user)?;
-                (inbox_key(&user), data)
+                (inbox_key(&user), data, true)
             }
         };
         if data.len() > self.config.limits.max_message_bytes {
@@ -728,12 +738,19 @@ impl Node {
         crate::json_shape::check(&data, self.config.limits.max_json_depth)
             .map_err(CommandError::bad_request)?;
         let retention = self.retention(&stream);
+        let undelivered_after = match &self.undelivered {
+            Some(hook) if notify => hook.track(
+                self.engine.undelivered_pending(),
+                &self.metrics.undelivered_untracked,
+            ),
+            _ => None,
+        };
         Ok(PublishRequest {
             stream,
             data: data.into(),
             retention,
             key: None,
-            undelivered_after: None,
+            undelivered_after,
         })
     }
 
@@ -1061,10 +1078,21 @@ impl Node {
         self.engine.ready().await
     }
 
+    /// Inbox `stream` reached a connection or a poll up to `offset`: its
+    /// notifications there never fire `notification_undelivered`.
+    pub(crate) fn notifications_delivered(&self, stream: &Arc<str>, epoch: &Arc<str>, offset: u64) {
+        if let Some(hook) = &self.undelivered {
+            hook.marks().delivered(stream, epoch, offset);
+        }
+    }
+
     /// Renders `/metrics`.
     pub fn render_metrics(&self) -> String {
         let usage = self.engine.usage();
         let gauge = |n: u64| n.min(i64::MAX as u64) as i64;
+        self.metrics
+            .undelivered_pending
+            .set(gauge(usage.undelivered));
         self.metrics.channels.set(gauge(usage.channels));
         self.metrics.streams.set(gauge(usage.streams));
         self.metrics.history_bytes.set(gauge(usage.history_bytes));

@@ -148,6 +148,7 @@ impl Server {
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         node.hub.start_flushers(workers);
         let refresher = spawn_presence_refresher(&node);
+        let undelivered = crate::undelivered::spawn(&node);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -211,6 +212,9 @@ impl Server {
         sweeper.abort();
         announcer.abort();
         refresher.abort();
+        if let Some(task) = undelivered {
+            task.abort();
+        }
         node.close_engine().await;
         tracing::info!("herald stopped");
         Ok(())

@@ -418,6 +418,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         max: usize,
     ) -> Result<Vec<PendingNotification>, EngineError>;
 
+    /// Pending notifications now ([`Usage::undelivered`]), cheaply: asked
+    /// before every watched notification is stored.
+    fn undelivered_pending(&self) -> u64 {
+        self.usage().undelivered
+    }
+
     /// Forgets claimed notifications (their hook fired or was skipped).
     async fn finish_undelivered(&self, done: &[PendingNotification]) -> Result<(), EngineError>;
 

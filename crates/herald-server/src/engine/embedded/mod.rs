@@ -653,6 +653,11 @@ impl Engine for EmbeddedEngine {
         rx.await.unwrap_or_default()
     }
 
+    /// Without the file sizes [`Engine::usage`] reads.
+    fn undelivered_pending(&self) -> u64 {
+        self.shared.undelivered.load(Ordering::Relaxed)
+    }
+
     fn usage(&self) -> Usage {
         let size = |suffix: &str| {
             let mut name = self.path.clone().into_os_string();
