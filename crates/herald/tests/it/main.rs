@@ -17,5 +17,6 @@ mod presence;
 mod publish;
 mod read_state;
 mod redis;
+mod undelivered;
 mod work;
 mod ws_protocol;

@@ -208,7 +208,14 @@ impl Writer {
         if self.books.cache.len() > MAX_CACHED_STREAMS {
             self.books.cache.clear();
         }
-        let tx = self.conn.transaction().map_err(db_err)?;
+        // IMMEDIATE: read cursors and pending notifications are written on
+        // another connection; a deferred transaction that read first would
+        // fail (SQLITE_BUSY_SNAPSHOT, no busy wait) when that one committed
+        // in between, where taking the write lock first waits its turn.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         let mut touched: HashMap<Arc<str>, Touched> = HashMap::new();
         let mut out = Vec::with_capacity(group.len());
         for (reqs, _) in group {
@@ -268,7 +275,9 @@ impl Writer {
     /// A small write, committed and undone: whether the store takes writes.
     fn probe(&mut self) -> bool {
         let result = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', zeroblob(?1))",
                 [PROBE_BYTES as i64],
