@@ -68,8 +68,11 @@ pub struct MemoryEngine {
 struct Pending {
     by_due: BTreeSet<(u64, Arc<str>, u64)>,
     /// Inbox → offset → (epoch, due).
-    by_stream: HashMap<Arc<str>, BTreeMap<u64, (Arc<str>, u64)>>,
+    by_stream: HashMap<Arc<str>, BTreeMap<u64, EpochDue>>,
 }
+
+/// A pending notification's epoch and due time.
+type EpochDue = (Arc<str>, u64);
 
 impl Pending {
     fn len(&self) -> usize {
