@@ -160,7 +160,7 @@ async fn an_unseen_notification_fires_once_with_its_data() {
 async fn pushed_polled_or_resumed_notifications_never_fire_a_plain_connect_does() {
     let hook = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = embedded(dir.path(), "600ms", &hook.url);
+    let config = embedded(dir.path(), "1s", &hook.url);
     let server = Proc::start(dir.path(), &["--config", &config]);
     let ws = server.ws_url();
     let http = http();
@@ -219,7 +219,7 @@ async fn pushed_polled_or_resumed_notifications_never_fire_a_plain_connect_does(
 async fn pending_notifications_survive_sigterm_and_kill_9() {
     let hook = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = embedded(dir.path(), "1500ms", &hook.url);
+    let config = embedded(dir.path(), "3s", &hook.url);
     let http = http();
 
     let mut server = Proc::start(dir.path(), &["--config", &config]);
@@ -263,7 +263,7 @@ fn redis_node(dir: &std::path::Path, name: &str, prefix: &str, url: &str) -> Str
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         "listen = \"127.0.0.1:0\"\n{}[auth]\nhmac_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n[engine]\nkind = \"redis\"\n{}\nredis_prefix = \"{prefix}\"\n",
-        hook_lines("500ms", url),
+        hook_lines("1s", url),
         one(SHARED_REDIS)
     );
     std::fs::write(&path, text).unwrap();
@@ -301,4 +301,47 @@ async fn two_redis_nodes_fire_once_and_a_delivery_on_either_counts() {
     let fired = metric(&http, &a.origin, "herald_undelivered_fired_total").await
         + metric(&http, &b.origin, "herald_undelivered_fired_total").await;
     assert_eq!(fired, 2.0, "nobody and the fence, once each");
+}
+
+#[tokio::test]
+async fn past_undelivered_pending_notifications_are_delivered_but_not_watched() {
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}[limits]\nundelivered_pending = 1\n",
+        hook_lines("1s", &hook.url)
+    );
+    let config = write_config(dir.path(), &extra);
+    let config = config.to_str().unwrap().to_owned();
+    let server = Proc::start(dir.path(), &["--config", &config]);
+    let http = http();
+    notify(&http, &server.origin, "first", json!({"n": 1})).await;
+    notify(&http, &server.origin, "second", json!({"n": 2})).await;
+    assert_eq!(
+        metric(&http, &server.origin, "herald_undelivered_pending").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&http, &server.origin, "herald_undelivered_untracked_total").await,
+        1.0
+    );
+    // The second is kept in the inbox all the same.
+    let page: Value = http
+        .get(format!("{}/api/notifications", server.origin))
+        .bearer_auth(user_token("second"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["data"], json!({"n": 2}), "{page}");
+    hook.wait_for("first", Duration::from_secs(10)).await;
+    // Room again: a later one is watched, and its event fences the second.
+    hook.fence(&http, &server.origin, "third").await;
+    assert!(hook.events_for("second").is_empty());
+    assert_eq!(
+        metric(&http, &server.origin, "herald_undelivered_pending").await,
+        0.0
+    );
 }

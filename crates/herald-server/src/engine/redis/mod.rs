@@ -238,11 +238,18 @@ impl RedisEngine {
         let key = self.naming.undelivered_key();
         let mut add = ::redis::cmd("ZADD");
         add.arg(&key);
+        let mut any = false;
         for (after, outcome) in track.iter().zip(outcomes) {
             if let (Some(after), Ok(p)) = (after, outcome) {
                 add.arg(expire_at(p.ts, *after))
                     .arg(format!("{} {} {}", p.epoch, p.offset, p.stream));
+                any = true;
             }
+        }
+        // Every one refused by a budget: nothing to add (an empty ZADD is
+        // an error).
+        if !any {
+            return Ok(());
         }
         let mut pipe = ::redis::pipe();
         pipe.add_command(add).ignore().cmd("ZCARD").arg(&key);
