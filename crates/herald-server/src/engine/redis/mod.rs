@@ -236,8 +236,10 @@ impl RedisEngine {
         outcomes: &[Outcome],
     ) -> Result<(), EngineError> {
         let key = self.naming.undelivered_key();
+        // NX: a repeat of an idempotent notify answers the original
+        // publication and must not move its due time.
         let mut add = ::redis::cmd("ZADD");
-        add.arg(&key);
+        add.arg(&key).arg("NX");
         let mut any = false;
         for (after, outcome) in track.iter().zip(outcomes) {
             if let (Some(after), Ok(p)) = (after, outcome) {
