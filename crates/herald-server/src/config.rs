@@ -406,6 +406,14 @@ pub struct LimitsConfig {
     #[serde(with = "duration_str")]
     #[schemars(with = "String")]
     pub webhook_retry_for: Duration,
+    /// Notifications waiting for `notifications.undelivered_after` (all
+    /// users together, cluster-wide on Redis); past it, new ones are not
+    /// tracked (no `notification_undelivered` for them) and counted.
+    pub undelivered_pending: usize,
+    /// "Delivered" marks waiting to be written to the engine on this node;
+    /// past it, a mark is dropped and counted (its notification may then
+    /// fire `notification_undelivered` although it was delivered).
+    pub undelivered_marks: usize,
 }
 
 /// `[presence]`
@@ -613,6 +621,8 @@ impl Default for LimitsConfig {
             webhook_concurrency: 16,
             webhook_timeout: Duration::from_secs(10),
             webhook_retry_for: Duration::from_secs(600),
+            undelivered_pending: 100_000,
+            undelivered_marks: 10_000,
         }
     }
 }
@@ -960,6 +970,8 @@ impl Config {
             ("limits.proxy_cache_entries", l.proxy_cache_entries),
             ("limits.webhook_queue", l.webhook_queue),
             ("limits.webhook_concurrency", l.webhook_concurrency),
+            ("limits.undelivered_pending", l.undelivered_pending),
+            ("limits.undelivered_marks", l.undelivered_marks),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -468,6 +468,9 @@ pub struct Hub {
     waiting: AtomicUsize,
     /// Told when a stream gains its first listener and loses its last.
     watcher: OnceLock<Weak<dyn StreamWatcher>>,
+    /// Told of notifications pushed to a live connection (the
+    /// `notification_undelivered` hook), when that is on.
+    delivered: OnceLock<crate::undelivered::Marks>,
     /// The flusher tasks' inboxes, once started. Each entry is a
     /// connection whose queue went from empty to not on an open lane, and
     /// a connection is in at most one pending entry (`Queue::scheduled`),
@@ -498,6 +501,7 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             watcher: OnceLock::new(),
+            delivered: OnceLock::new(),
             flushers: OnceLock::new(),
             occupancy: OnceLock::new(),
         }
@@ -521,6 +525,11 @@ impl Hub {
     /// redis engine subscribes to exactly those). Set once, before use.
     pub fn set_watcher(&self, watcher: Weak<dyn StreamWatcher>) {
         let _ = self.watcher.set(watcher);
+    }
+
+    /// Where to report notifications pushed to a live connection.
+    pub(crate) fn set_delivered(&self, marks: crate::undelivered::Marks) {
+        let _ = self.delivered.set(marks);
     }
 
     /// Called under `stream`'s shard lock after a change, with whether it
@@ -713,7 +722,8 @@ impl Hub {
         out
     }
 
-    fn deliver_one(&self, p: &Publication, to_flush: &mut [Vec<Arc<Conn>>]) {
+    /// How many local connections took `p`.
+    fn deliver_one(&self, p: &Publication, to_flush: &mut [Vec<Arc<Conn>>]) -> u64 {
         let shard_lock = self.shard(&p.stream);
         if self.waiting.load(Ordering::Acquire) > 0 {
             let mut shard = shard_lock.write();
@@ -731,7 +741,7 @@ impl Hub {
         }
         let shard = shard_lock.read();
         let Some(subs) = shard.streams.get(&p.stream) else {
-            return;
+            return 0;
         };
         let frame = match p.stream.strip_prefix(INBOX_PREFIX) {
             Some(_) => encode_notification_frame(&p.epoch, p.offset, p.ts, &p.data),
@@ -741,6 +751,7 @@ impl Hub {
         self.metrics.frames_encoded.inc();
         let sent = self.offer(subs.iter(), &encoded, to_flush, false);
         self.metrics.messages_delivered.inc_by(sent);
+        sent
     }
 
     /// Queues `encoded` for each of `conns`, noting in `to_flush` (one list
@@ -822,7 +833,12 @@ impl FanoutSink for Hub {
     fn deliver(&self, publications: &[Publication]) {
         let mut to_flush = self.flush_lists();
         for p in publications {
-            self.deliver_one(p, &mut to_flush);
+            // Reported after the shard lock is released; a queue push only.
+            if self.deliver_one(p, &mut to_flush) > 0 && p.stream.starts_with(INBOX_PREFIX) {
+                if let Some(marks) = self.delivered.get() {
+                    marks.delivered(&p.stream, &p.epoch, p.offset);
+                }
+            }
         }
         self.hand_to_flushers(to_flush);
     }

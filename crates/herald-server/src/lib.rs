@@ -34,6 +34,7 @@ pub mod server;
 mod session;
 pub mod tls;
 pub mod transport;
+mod undelivered;
 pub mod users;
 pub mod webhooks;
 mod write_deadline;

@@ -104,6 +104,16 @@ pub struct Metrics {
     pub proxy_cache_hits: Counter,
     /// Subscribe decisions cached (`limits.proxy_cache_entries`).
     pub proxy_cache_entries: Gauge,
+    /// Notifications waiting for `notifications.undelivered_after`
+    /// (`limits.undelivered_pending`; cluster-wide on Redis).
+    pub undelivered_pending: Gauge,
+    /// `notification_undelivered` events this node decided to send.
+    pub undelivered_fired: Counter,
+    /// Notifications not watched because `limits.undelivered_pending` was
+    /// reached.
+    pub undelivered_untracked: Counter,
+    /// Delivered marks dropped because `limits.undelivered_marks` was full.
+    pub undelivered_marks_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -157,6 +167,10 @@ impl Metrics {
             proxy_requests: Family::default(),
             proxy_cache_hits: Counter::default(),
             proxy_cache_entries: Gauge::default(),
+            undelivered_pending: Gauge::default(),
+            undelivered_fired: Counter::default(),
+            undelivered_untracked: Counter::default(),
+            undelivered_marks_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -314,6 +328,26 @@ impl Metrics {
             "ws_read_buffer_bytes",
             "Bytes of WebSocket read and message-assembly buffers, all connections",
             m.ws_read_buffer_bytes.clone(),
+        );
+        registry.register(
+            "undelivered_pending",
+            "Notifications waiting for notifications.undelivered_after (limits.undelivered_pending)",
+            m.undelivered_pending.clone(),
+        );
+        registry.register(
+            "undelivered_fired",
+            "notification_undelivered events this node sent",
+            m.undelivered_fired.clone(),
+        );
+        registry.register(
+            "undelivered_untracked",
+            "Notifications not watched for notification_undelivered: limits.undelivered_pending reached",
+            m.undelivered_untracked.clone(),
+        );
+        registry.register(
+            "undelivered_marks_dropped",
+            "Delivered marks dropped: limits.undelivered_marks full",
+            m.undelivered_marks_dropped.clone(),
         );
         registry.register(
             "webhook_queue",

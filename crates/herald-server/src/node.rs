@@ -239,6 +239,8 @@ pub struct Node {
     pub(crate) proxy_client: reqwest::Client,
     /// The proxies' request budget, decision cache and requests in flight.
     pub(crate) proxy: crate::proxy::Proxy,
+    /// The `notification_undelivered` hook, when on.
+    pub(crate) undelivered: Option<crate::undelivered::Undelivered>,
     connection_ceiling: AtomicU64,
 }
 
@@ -362,7 +364,16 @@ impl Node {
         }
         let proxy_client = crate::outbound::client(config.proxy.timeout);
         let proxy = crate::proxy::Proxy::new(&config, metrics.clone());
+        let undelivered = crate::undelivered::Undelivered::new(
+            &config,
+            webhooks.wants(crate::config::WebhookEvent::NotificationUndelivered),
+            &metrics,
+        );
+        if let Some(hook) = &undelivered {
+            hub.set_delivered(hook.marks());
+        }
         Ok(Arc::new(Self {
+            undelivered,
             proxy,
             webhooks,
             occupancy,
@@ -711,14 +722,14 @@ impl Node {
     }
 
     fn validate(&self, item: PublishItem) -> Result<PublishRequest, CommandError> {
-        let (stream, data) = match item {
+        let (stream, data, notify) = match item {
             PublishItem::Broadcast { channel, data } => {
                 validate_channel(&channel)?;
-                (Arc::<str>::from(channel), data)
+                (Arc::<str>::from(channel), data, false)
             }
             PublishItem::Notify { user, data } => {
                 validate_user_id(&user)?;
-                (inbox_key(&user), data)
+                (inbox_key(&user), data, true)
             }
         };
         if data.len() > self.config.limits.max_message_bytes {
@@ -736,11 +747,19 @@ impl Node {
         crate::json_shape::check(&data, self.config.limits.max_json_depth)
             .map_err(CommandError::bad_request)?;
         let retention = self.retention(&stream);
+        let undelivered_after = match &self.undelivered {
+            Some(hook) if notify => hook.track(
+                self.engine.undelivered_pending(),
+                &self.metrics.undelivered_untracked,
+            ),
+            _ => None,
+        };
         Ok(PublishRequest {
             stream,
             data: data.into(),
             retention,
             key: None,
+            undelivered_after,
         })
     }
 
@@ -1068,10 +1087,21 @@ impl Node {
         self.engine.ready().await
     }
 
+    /// Inbox `stream` reached a connection or a poll up to `offset`: its
+    /// notifications there never fire `notification_undelivered`.
+    pub(crate) fn notifications_delivered(&self, stream: &Arc<str>, epoch: &Arc<str>, offset: u64) {
+        if let Some(hook) = &self.undelivered {
+            hook.marks().delivered(stream, epoch, offset);
+        }
+    }
+
     /// Renders `/metrics`.
     pub fn render_metrics(&self) -> String {
         let usage = self.engine.usage();
         let gauge = |n: u64| n.min(i64::MAX as u64) as i64;
+        self.metrics
+            .undelivered_pending
+            .set(gauge(usage.undelivered));
         self.metrics.channels.set(gauge(usage.channels));
         self.metrics.streams.set(gauge(usage.streams));
         self.metrics.history_bytes.set(gauge(usage.history_bytes));

@@ -150,6 +150,7 @@ impl Server {
         let refresher = spawn_presence_refresher(&node);
         let occupancy_stop = tokio_util::sync::CancellationToken::new();
         let occupancy = node.spawn_occupancy(occupancy_stop.clone());
+        let undelivered = crate::undelivered::spawn(&node);
         let app = crate::http::router(node.clone());
         let token = node.shutdown_token().clone();
         let connections = TaskTracker::new();
@@ -222,6 +223,9 @@ impl Server {
         sweeper.abort();
         announcer.abort();
         refresher.abort();
+        if let Some(task) = undelivered {
+            task.abort();
+        }
         node.close_engine().await;
         tracing::info!("herald stopped");
         Ok(())

@@ -530,7 +530,14 @@ impl Session {
             notifications: Some(state),
         };
         let head = Utf8Bytes::from(connected.to_json());
-        self.replay(head, &inbox, recovery).await
+        // Only a resume replays: a connect without `notifications_since`
+        // shows the client nothing of what was stored before it.
+        let replayed = (recovery.missed > 0).then(|| (recovery.epoch.clone(), recovery.offset));
+        self.replay(head, &inbox, recovery).await?;
+        if let Some((epoch, offset)) = replayed {
+            self.node.notifications_delivered(&inbox, &epoch, offset);
+        }
+        Ok(())
     }
 
     /// Sends `head` (the `connected` or `subscribed` frame) and the replay

@@ -1,7 +1,7 @@
 //! The memory engine: history in process memory, nothing kept across restarts
 //! (a restart makes a new epoch, so clients learn their cursors are void).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,6 +58,46 @@ pub struct MemoryEngine {
     history_bytes: AtomicU64,
     /// Read cursors by inbox (SPEC §11).
     reads: Mutex<HashMap<Arc<str>, ReadCursor>>,
+    /// Notifications pending delivery (SPEC §11 `notification_undelivered`).
+    pending: Mutex<Pending>,
+}
+
+/// Pending notifications by due time (for claims) and by inbox (for
+/// delivered marks, which delete what they cover: nothing else to keep).
+#[derive(Default)]
+struct Pending {
+    by_due: BTreeSet<(u64, Arc<str>, u64)>,
+    /// Inbox → offset → (epoch, due).
+    by_stream: HashMap<Arc<str>, BTreeMap<u64, EpochDue>>,
+}
+
+/// A pending notification's epoch and due time.
+type EpochDue = (Arc<str>, u64);
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.by_due.len()
+    }
+
+    fn insert(&mut self, stream: &Arc<str>, epoch: &Arc<str>, offset: u64, due: u64) {
+        self.by_due.insert((due, stream.clone(), offset));
+        self.by_stream
+            .entry(stream.clone())
+            .or_default()
+            .insert(offset, (epoch.clone(), due));
+    }
+
+    fn remove(&mut self, stream: &str, offset: u64) {
+        let Some(offsets) = self.by_stream.get_mut(stream) else {
+            return;
+        };
+        if let Some((_, due)) = offsets.remove(&offset) {
+            self.by_due.remove(&(due, Arc::from(stream), offset));
+        }
+        if offsets.is_empty() {
+            self.by_stream.remove(stream);
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryEngine {
@@ -82,6 +122,7 @@ impl MemoryEngine {
             streams: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
             reads: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
@@ -168,12 +209,21 @@ impl MemoryEngine {
         // Already taken off the total above.
         stream.kept.drain(..trimmed);
         let publication = Publication {
-            stream: req.stream,
+            stream: req.stream.clone(),
             epoch: stream.epoch.clone(),
             offset: stream.top,
             ts,
-            data: req.data,
+            data: req.data.clone(),
         };
+        if let Some(after) = req.undelivered_after {
+            // Before the fan-out, whose delivered mark must find it.
+            self.pending.lock().insert(
+                &publication.stream,
+                &publication.epoch,
+                publication.offset,
+                expire_at(ts, after),
+            );
+        }
         // Delivered under the shard lock: that is what keeps fan-out in
         // offset order when two publishes to one stream race.
         self.sink.deliver(std::slice::from_ref(&publication));
@@ -282,6 +332,72 @@ impl Engine for MemoryEngine {
         Ok(kept)
     }
 
+    async fn mark_delivered(
+        &self,
+        marks: &[(Arc<str>, Arc<str>, u64)],
+        _keep: Duration,
+    ) -> Result<(), EngineError> {
+        let mut pending = self.pending.lock();
+        for (stream, epoch, upto) in marks {
+            let Some(offsets) = pending.by_stream.get(stream) else {
+                continue;
+            };
+            let covered: Vec<u64> = offsets
+                .range(..=*upto)
+                .filter(|(_, (e, _))| e == epoch)
+                .map(|(o, _)| *o)
+                .collect();
+            for offset in covered {
+                pending.remove(stream, offset);
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_undelivered(
+        &self,
+        now: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingNotification>, EngineError> {
+        let mut pending = self.pending.lock();
+        let due: Vec<(u64, Arc<str>, u64)> = pending
+            .by_due
+            .iter()
+            .take_while(|(due, _, _)| *due <= now)
+            .take(max)
+            .cloned()
+            .collect();
+        let until = expire_at(now, lease);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, stream, offset) in due {
+            let Some((epoch, _)) = pending
+                .by_stream
+                .get(&stream)
+                .and_then(|o| o.get(&offset))
+                .cloned()
+            else {
+                continue;
+            };
+            pending.remove(&stream, offset);
+            pending.insert(&stream, &epoch, offset, until);
+            claimed.push(PendingNotification {
+                stream,
+                epoch,
+                offset,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_undelivered(&self, done: &[PendingNotification]) -> Result<(), EngineError> {
+        let mut pending = self.pending.lock();
+        for p in done {
+            pending.remove(&p.stream, p.offset);
+        }
+        Ok(())
+    }
+
     async fn ready(&self) -> bool {
         true
     }
@@ -303,6 +419,7 @@ impl Engine for MemoryEngine {
             history_bytes: self.history_bytes.load(Ordering::Relaxed),
             store_bytes: 0,
             remote_subscriptions: 0,
+            undelivered: self.pending.lock().len() as u64,
         }
     }
 
@@ -322,6 +439,7 @@ mod tests {
         ttl_expires_messages_but_not_offsets(&engine).await;
         sweeping_removes_expired_and_empty_unwatched_streams(&engine, &sink).await;
         read_cursors_move_forward_only(&engine).await;
+        undelivered_are_claimed_once_unless_delivered(&engine).await;
     }
 
     #[tokio::test]

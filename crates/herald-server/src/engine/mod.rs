@@ -42,6 +42,23 @@ pub struct PublishRequest {
     /// transaction as the message, so a repeat after a restart still
     /// answers the original.
     pub key: Option<StoredKey>,
+    /// For a notification the `notification_undelivered` hook watches: how
+    /// long after its publish time it is due unless delivered. The engine
+    /// records it as pending with the message (see
+    /// [`Engine::claim_undelivered`]).
+    pub undelivered_after: Option<Duration>,
+}
+
+/// A notification recorded as pending delivery (SPEC §11
+/// `notification_undelivered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingNotification {
+    /// The inbox.
+    pub stream: Arc<str>,
+    /// The inbox's epoch when it was stored.
+    pub epoch: Arc<str>,
+    /// Its offset.
+    pub offset: u64,
 }
 
 /// An idempotency key to store with its message.
@@ -176,6 +193,9 @@ pub struct Usage {
     /// Streams this node subscribes to on another server (Redis pub/sub
     /// channels); 0 for in-process engines.
     pub remote_subscriptions: u64,
+    /// Notifications pending delivery (see [`Engine::claim_undelivered`]);
+    /// on the redis engine, cluster-wide as of this node's last claim.
+    pub undelivered: u64,
 }
 
 /// What one sweep removed.
@@ -376,6 +396,37 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         offset: u64,
     ) -> Result<(Arc<str>, u64), EngineError>;
 
+    /// Records that inbox `stream`s were delivered (to a connection or a
+    /// poll) up to `(epoch, offset)` each: pending notifications at or
+    /// below are never claimed. A mark never moves backwards within an
+    /// epoch. Engines that keep marks apart from the pending entries keep
+    /// each at least `keep`.
+    async fn mark_delivered(
+        &self,
+        marks: &[(Arc<str>, Arc<str>, u64)],
+        keep: Duration,
+    ) -> Result<(), EngineError>;
+
+    /// Takes up to `max` pending notifications that are due at `now` (Unix
+    /// ms) and not delivered, atomically across the nodes sharing the
+    /// engine: each is leased to the caller until `now + lease` (then due
+    /// again, in case the caller died before [`Engine::finish_undelivered`]).
+    async fn claim_undelivered(
+        &self,
+        now: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingNotification>, EngineError>;
+
+    /// Pending notifications now ([`Usage::undelivered`]), cheaply: asked
+    /// before every watched notification is stored.
+    fn undelivered_pending(&self) -> u64 {
+        self.usage().undelivered
+    }
+
+    /// Forgets claimed notifications (their hook fired or was skipped).
+    async fn finish_undelivered(&self, done: &[PendingNotification]) -> Result<(), EngineError>;
+
     /// Whether the engine can take publishes now.
     async fn ready(&self) -> bool;
 
@@ -510,6 +561,7 @@ pub(crate) mod contract {
                 ttl: Duration::from_millis(1),
             },
             key: None,
+            undelivered_after: None,
         }
     }
 
@@ -639,6 +691,7 @@ pub(crate) mod contract {
                 ttl: Duration::from_secs(3600),
             },
             key: None,
+            undelivered_after: None,
         }
     }
 
@@ -739,6 +792,7 @@ pub(crate) mod contract {
                 ttl: Duration::from_millis(1),
             },
             key: None,
+            undelivered_after: None,
         };
         ok(engine.publish(vec![r.clone(), r]).await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -764,5 +818,88 @@ pub(crate) mod contract {
         let read = engine.read_cursor("#r1").await.unwrap().unwrap();
         assert_eq!((&*read.0, read.1), ("ep2", 1));
         assert!(engine.read_cursor("#r2").await.unwrap().is_none());
+    }
+
+    /// Pending notifications (SPEC §11 `notification_undelivered`): due
+    /// ones are claimed once, leased, and come back after the lease unless
+    /// finished; delivered ones (a mark at or above, same epoch) never are.
+    pub(crate) async fn undelivered_are_claimed_once_unless_delivered(engine: &dyn Engine) {
+        let pending = |stream: &str, data: &str| PublishRequest {
+            stream: stream.into(),
+            data: data.into(),
+            retention: Retention {
+                size: 10,
+                ttl: Duration::from_secs(3600),
+            },
+            key: None,
+            undelivered_after: Some(Duration::from_millis(1)),
+        };
+        let pubs = ok(engine
+            .publish(vec![
+                pending("#u1", "1"),
+                pending("#u1", "2"),
+                pending("#u1", "3"),
+                pending("#u2", "1"),
+            ])
+            .await
+            .unwrap());
+        let epoch = pubs[0].epoch.clone();
+        // Epochs may be per stream (redis).
+        let epoch2 = pubs[3].epoch.clone();
+        assert_eq!(engine.usage().undelivered, 4);
+        let now = crate::ids::unix_millis() + 1000;
+        engine
+            .mark_delivered(
+                &[
+                    ("#u1".into(), epoch.clone(), 2),
+                    // Another epoch's mark delivers nothing of this one.
+                    ("#u2".into(), "other".into(), 3),
+                ],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(5);
+        let mut claimed = engine.claim_undelivered(now, lease, 10).await.unwrap();
+        claimed.sort_by(|a, b| (&a.stream, a.offset).cmp(&(&b.stream, b.offset)));
+        let expected = |stream: &str, epoch: &Arc<str>, offset| PendingNotification {
+            stream: stream.into(),
+            epoch: epoch.clone(),
+            offset,
+        };
+        assert_eq!(
+            claimed,
+            vec![expected("#u1", &epoch, 3), expected("#u2", &epoch2, 1)]
+        );
+        assert!(
+            engine
+                .claim_undelivered(now, lease, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a claimed entry is leased"
+        );
+        let later = now + 6000;
+        let mut again = engine.claim_undelivered(later, lease, 10).await.unwrap();
+        again.sort_by(|a, b| (&a.stream, a.offset).cmp(&(&b.stream, b.offset)));
+        assert_eq!(
+            again, claimed,
+            "an unfinished claim comes back after its lease"
+        );
+        engine.finish_undelivered(&again).await.unwrap();
+        assert!(engine
+            .claim_undelivered(later + 60_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // Not due yet: not claimed.
+        let mut r = pending("#u1", "4");
+        r.undelivered_after = Some(Duration::from_secs(3600));
+        ok(engine.publish(vec![r]).await.unwrap());
+        assert!(engine
+            .claim_undelivered(later + 60_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

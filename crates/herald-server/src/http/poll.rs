@@ -472,6 +472,9 @@ pub(crate) async fn notifications(
     };
     let stream = inbox_key(&user);
     let page = long_poll(&node, &stream, &params).await?;
+    if let Some(last) = page.messages.last() {
+        node.notifications_delivered(&stream, &page.epoch, last.offset);
+    }
     let unread = node.unread(&user).await?;
     Ok(render(("userId", &user), &page, Some(unread)))
 }

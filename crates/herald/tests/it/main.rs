@@ -18,6 +18,7 @@ mod proxy;
 mod publish;
 mod read_state;
 mod redis;
+mod undelivered;
 mod webhook_events;
 mod work;
 mod ws_protocol;

@@ -60,6 +60,8 @@ struct Shared {
     channels: AtomicU64,
     streams: AtomicU64,
     history_bytes: AtomicU64,
+    /// Rows of `undelivered` (kept exact by whoever inserts or deletes).
+    undelivered: AtomicU64,
     /// Whether the last write (commit or probe) succeeded.
     healthy: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
@@ -117,6 +119,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (stream, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expire_at ON idempotency_keys (expire_at);
+CREATE TABLE IF NOT EXISTS undelivered (
+    stream TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    epoch TEXT NOT NULL,
+    due INTEGER NOT NULL,
+    PRIMARY KEY (stream, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS undelivered_due ON undelivered (due);
 ";
 
 /// Reads a number kept in `meta` (0 when absent).
@@ -199,6 +209,12 @@ impl EmbeddedEngine {
             .map(|_| Self::open_reader(&path))
             .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared::default());
+        let pending: i64 = conn
+            .query_row("SELECT COUNT(*) FROM undelivered", [], |r| r.get(0))
+            .map_err(db_err)?;
+        shared
+            .undelivered
+            .store(pending.max(0) as u64, Ordering::Relaxed);
         let writer = Writer::new(conn, epoch.clone(), sink, budget, shared.clone())?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer = std::thread::Builder::new()
@@ -264,6 +280,29 @@ impl EmbeddedEngine {
             .map_err(db_err)?;
         keys.reverse();
         Ok(keys)
+    }
+
+    /// Runs `work` on the connection read cursors and pending
+    /// notifications are written on (opened at first use), off the runtime.
+    async fn on_cursor_db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let path = self.path.clone();
+        let mut db = self.cursor_db.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let conn = match db.as_mut() {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open(&path).map_err(db_err)?;
+                    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+                    db.insert(conn)
+                }
+            };
+            work(conn)
+        })
+        .await
+        .map_err(|e| db_err(format!("store task failed: {e}")))?
     }
 
     fn open_reader(path: &Path) -> Result<Connection, EngineError> {
@@ -478,6 +517,110 @@ impl Engine for EmbeddedEngine {
         .map_err(|e| db_err(format!("store task failed: {e}")))?
     }
 
+    /// Deletes the pending rows the marks cover (the rows were committed
+    /// with their message, before its fan-out could mark them), on the
+    /// read cursors' connection.
+    async fn mark_delivered(
+        &self,
+        marks: &[(Arc<str>, Arc<str>, u64)],
+        _keep: Duration,
+    ) -> Result<(), EngineError> {
+        let marks = marks.to_vec();
+        let shared = self.shared.clone();
+        self.on_cursor_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut deleted = 0u64;
+            {
+                let mut delete = tx
+                    .prepare_cached(
+                        "DELETE FROM undelivered WHERE stream = ?1 AND epoch = ?2 AND offset <= ?3",
+                    )
+                    .map_err(db_err)?;
+                for (stream, epoch, upto) in &marks {
+                    deleted += delete
+                        .execute(params![
+                            &**stream,
+                            &**epoch,
+                            (*upto).min(i64::MAX as u64) as i64
+                        ])
+                        .map_err(db_err)? as u64;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            shared.undelivered.fetch_sub(deleted, Ordering::AcqRel);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_undelivered(
+        &self,
+        now: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingNotification>, EngineError> {
+        let until = expire_at(now, lease).min(i64::MAX as u64) as i64;
+        let now = now.min(i64::MAX as u64) as i64;
+        let max = max.min(i64::MAX as usize) as i64;
+        self.on_cursor_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let claimed = {
+                let mut due = tx
+                    .prepare_cached(
+                        "UPDATE undelivered SET due = ?1 WHERE (stream, offset) IN
+                           (SELECT stream, offset FROM undelivered WHERE due <= ?2 ORDER BY due LIMIT ?3)
+                         RETURNING stream, epoch, offset",
+                    )
+                    .map_err(db_err)?;
+                let rows = due
+                    .query_map(params![until, now, max], |r| {
+                        Ok(PendingNotification {
+                            stream: r.get::<_, String>(0)?.into(),
+                            epoch: r.get::<_, String>(1)?.into(),
+                            offset: r.get::<_, i64>(2)?.max(0) as u64,
+                        })
+                    })
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                rows
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn finish_undelivered(&self, done: &[PendingNotification]) -> Result<(), EngineError> {
+        let done: Vec<(Arc<str>, u64)> =
+            done.iter().map(|p| (p.stream.clone(), p.offset)).collect();
+        let shared = self.shared.clone();
+        self.on_cursor_db(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut deleted = 0u64;
+            {
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM undelivered WHERE stream = ?1 AND offset = ?2")
+                    .map_err(db_err)?;
+                for (stream, offset) in &done {
+                    deleted += delete
+                        .execute(params![&**stream, (*offset).min(i64::MAX as u64) as i64])
+                        .map_err(db_err)? as u64;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            shared.undelivered.fetch_sub(deleted, Ordering::AcqRel);
+            Ok(())
+        })
+        .await
+    }
+
     async fn ready(&self) -> bool {
         if self.jobs.lock().is_none() {
             return false;
@@ -510,6 +653,11 @@ impl Engine for EmbeddedEngine {
         rx.await.unwrap_or_default()
     }
 
+    /// Without the file sizes [`Engine::usage`] reads.
+    fn undelivered_pending(&self) -> u64 {
+        self.shared.undelivered.load(Ordering::Relaxed)
+    }
+
     fn usage(&self) -> Usage {
         let size = |suffix: &str| {
             let mut name = self.path.clone().into_os_string();
@@ -522,6 +670,7 @@ impl Engine for EmbeddedEngine {
             history_bytes: self.shared.history_bytes.load(Ordering::Relaxed),
             store_bytes: size("") + size("-wal"),
             remote_subscriptions: 0,
+            undelivered: self.shared.undelivered.load(Ordering::Relaxed),
         }
     }
 
@@ -554,6 +703,7 @@ mod tests {
                 ttl,
             },
             key: None,
+            undelivered_after: None,
         }
     }
 
@@ -618,6 +768,7 @@ mod tests {
         ttl_expires_messages_but_not_offsets(&engine).await;
         sweeping_removes_expired_and_empty_unwatched_streams(&engine, &sink).await;
         read_cursors_move_forward_only(&engine).await;
+        undelivered_are_claimed_once_unless_delivered(&engine).await;
         engine.close().await;
     }
 
@@ -728,6 +879,7 @@ mod tests {
                             ttl: Duration::from_millis(if n % 3 == 0 { 1 } else { 60_000 }),
                         },
                         key: None,
+                        undelivered_after: None,
                     }
                 })
                 .collect();

@@ -136,7 +136,11 @@ impl Writer {
             // same transaction as the removal.
             let bump = doomed.iter().any(|(_, g)| *g >= self.books.generation);
             let generation = self.books.generation + u64::from(bump);
-            let tx = self.conn.transaction().map_err(db_err)?;
+            // IMMEDIATE for the reason the publish transaction is (writer.rs).
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             {
                 let mut remove = tx
                     .prepare_cached("DELETE FROM streams WHERE stream = ?1")

@@ -208,7 +208,14 @@ impl Writer {
         if self.books.cache.len() > MAX_CACHED_STREAMS {
             self.books.cache.clear();
         }
-        let tx = self.conn.transaction().map_err(db_err)?;
+        // IMMEDIATE: read cursors and pending notifications are written on
+        // another connection; a deferred transaction that read first would
+        // fail (SQLITE_BUSY_SNAPSHOT, no busy wait) when that one committed
+        // in between, where taking the write lock first waits its turn.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         let mut touched: HashMap<Arc<str>, Touched> = HashMap::new();
         let mut out = Vec::with_capacity(group.len());
         for (reqs, _) in group {
@@ -252,6 +259,13 @@ impl Writer {
             }
         }
         tx.commit().map_err(db_err)?;
+        let tracked = group
+            .iter()
+            .zip(&out)
+            .flat_map(|((reqs, _), outcomes)| reqs.iter().zip(outcomes))
+            .filter(|(req, outcome)| req.undelivered_after.is_some() && outcome.is_ok())
+            .count() as u64;
+        self.shared.undelivered.fetch_add(tracked, Ordering::AcqRel);
         for (stream, t) in touched {
             self.books.cache.insert(stream, t.pos);
         }
@@ -261,7 +275,9 @@ impl Writer {
     /// A small write, committed and undone: whether the store takes writes.
     fn probe(&mut self) -> bool {
         let result = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', zeroblob(?1))",
                 [PROBE_BYTES as i64],
@@ -440,6 +456,22 @@ impl Books {
         let epoch = self.epoch(pos.generation);
         if let Some(key) = &req.key {
             remember_key(tx, &req.stream, key, &epoch, offset, ts)?;
+        }
+        if let Some(after) = req.undelivered_after {
+            // In the message's transaction: a notification answered is a
+            // notification watched, across a crash too.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO undelivered (stream, offset, epoch, due) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &*req.stream,
+                    offset as i64,
+                    &*epoch,
+                    expire_at(ts, after).min(i64::MAX as u64) as i64
+                ])
+            })
+            .map_err(db_err)?;
         }
         Ok(Ok(Publication {
             stream: req.stream.clone(),

@@ -84,6 +84,17 @@ impl Naming {
         format!("{}:r:{{{stream}}}", self.prefix)
     }
 
+    /// An inbox's delivered mark, in the inbox's slot.
+    fn delivered_key(&self, stream: &str) -> String {
+        format!("{}:d:{{{stream}}}", self.prefix)
+    }
+
+    /// The cluster's pending notifications (one sorted set, so a claim is
+    /// one atomic script in one slot).
+    fn undelivered_key(&self) -> String {
+        format!("{{{}:undelivered}}", self.prefix)
+    }
+
     fn nodes_key(&self) -> String {
         format!("{{{}:nodes}}", self.prefix)
     }
@@ -133,6 +144,10 @@ pub struct RedisEngine {
     history: Script,
     keep: Script,
     mark_read: Script,
+    mark_delivered: Script,
+    claim_undelivered: Script,
+    /// Pending notifications, cluster-wide, as of the last track or claim.
+    undelivered: std::sync::atomic::AtomicU64,
     fanout: Arc<fanout::Fanout>,
     presence: presence::RedisPresence,
 }
@@ -207,8 +222,57 @@ impl RedisEngine {
             history,
             keep: Script::new(scripts::KEEP),
             mark_read: Script::new(scripts::MARK_READ),
+            mark_delivered: Script::new(scripts::MARK_DELIVERED),
+            claim_undelivered: Script::new(scripts::CLAIM_UNDELIVERED),
+            undelivered: Default::default(),
             fanout,
         })
+    }
+
+    /// Adds the published notifications that `track` asks for to the
+    /// pending set, due `undelivered_after` after their publish time.
+    async fn track_undelivered(
+        &self,
+        track: &[Option<Duration>],
+        outcomes: &[Outcome],
+    ) -> Result<(), EngineError> {
+        let key = self.naming.undelivered_key();
+        // NX: a repeat of an idempotent notify answers the original
+        // publication and must not move its due time.
+        let mut add = ::redis::cmd("ZADD");
+        add.arg(&key).arg("NX");
+        let mut any = false;
+        for (after, outcome) in track.iter().zip(outcomes) {
+            if let (Some(after), Ok(p)) = (after, outcome) {
+                add.arg(expire_at(p.ts, *after))
+                    .arg(format!("{} {} {}", p.epoch, p.offset, p.stream));
+                any = true;
+            }
+        }
+        // Every one refused by a budget: nothing to add (an empty ZADD is
+        // an error).
+        if !any {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(add).ignore().cmd("ZCARD").arg(&key);
+        let mut conn = self.conn.clone();
+        let (count,): (u64,) = bounded(pipe.query_async(&mut conn)).await?;
+        self.undelivered
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn remove_pending(&self, members: Vec<String>) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = bounded(
+            ::redis::cmd("ZREM")
+                .arg(self.naming.undelivered_key())
+                .arg(members)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The hub's hook: which streams this node listens to.
@@ -457,12 +521,24 @@ impl Engine for RedisEngine {
         &self,
         mut requests: Vec<PublishRequest>,
     ) -> Result<Vec<Outcome>, EngineError> {
-        if requests.len() == 1 {
-            if let Some(req) = requests.pop() {
-                return Ok(vec![Ok(self.publish_one(req).await?)]);
+        let track: Vec<Option<Duration>> = requests.iter().map(|r| r.undelivered_after).collect();
+        let outcomes = match requests.pop() {
+            Some(req) if requests.is_empty() => vec![Ok(self.publish_one(req).await?)],
+            Some(req) => {
+                requests.push(req);
+                self.publish_pipelined(requests).await?
+            }
+            None => Vec::new(),
+        };
+        if track.iter().any(Option::is_some) {
+            // After the publish (another slot): a failure here loses the
+            // hook for these notifications, never the published message,
+            // which a retry would publish twice.
+            if let Err(e) = self.track_undelivered(&track, &outcomes).await {
+                tracing::warn!(error = %e, "pending notifications not recorded");
             }
         }
-        self.publish_pipelined(requests).await
+        Ok(outcomes)
     }
 
     async fn history(
@@ -519,6 +595,7 @@ impl Engine for RedisEngine {
     fn usage(&self) -> Usage {
         Usage {
             remote_subscriptions: self.fanout.subscriptions(),
+            undelivered: self.undelivered.load(std::sync::atomic::Ordering::Relaxed),
             ..Usage::default()
         }
     }
@@ -550,6 +627,104 @@ impl Engine for RedisEngine {
         let mut conn = self.conn.clone();
         let (e, o): (String, u64) = bounded(call.invoke_async(&mut conn)).await?;
         Ok((e.into(), o))
+    }
+
+    /// One script per mark (each inbox's mark lives in the inbox's slot),
+    /// side by side.
+    async fn mark_delivered(
+        &self,
+        marks: &[(Arc<str>, Arc<str>, u64)],
+        keep: Duration,
+    ) -> Result<(), EngineError> {
+        let keep = millis(keep).max(1);
+        let calls = marks.iter().map(|(stream, epoch, offset)| {
+            let mut call = self.mark_delivered.prepare_invoke();
+            call.key(self.naming.delivered_key(stream))
+                .arg(&**epoch)
+                .arg(*offset)
+                .arg(keep);
+            let mut conn = self.conn.clone();
+            async move { bounded(call.invoke_async::<i64>(&mut conn)).await }
+        });
+        for result in futures_util::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Claims in one script on the pending set's slot, then reads each
+    /// claimed inbox's delivered mark (another slot): the delivered ones are
+    /// removed here and not returned.
+    async fn claim_undelivered(
+        &self,
+        now: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingNotification>, EngineError> {
+        let key = self.naming.undelivered_key();
+        let mut call = self.claim_undelivered.prepare_invoke();
+        call.key(&key).arg(now).arg(expire_at(now, lease)).arg(max);
+        let mut conn = self.conn.clone();
+        let (count, members): (u64, Vec<String>) = bounded(call.invoke_async(&mut conn)).await?;
+        self.undelivered
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+        let claimed: Vec<(String, PendingNotification)> = members
+            .into_iter()
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, ' ');
+                let epoch = parts.next()?;
+                let offset = parts.next()?.parse().ok()?;
+                let stream = parts.next()?;
+                let p = PendingNotification {
+                    stream: stream.into(),
+                    epoch: epoch.into(),
+                    offset,
+                };
+                Some((m, p))
+            })
+            .collect();
+        let reads = claimed.iter().map(|(_, p)| {
+            let mut conn = self.conn.clone();
+            let key = self.naming.delivered_key(&p.stream);
+            async move {
+                bounded(
+                    ::redis::cmd("GET")
+                        .arg(key)
+                        .query_async::<Option<String>>(&mut conn),
+                )
+                .await
+            }
+        });
+        let marks = futures_util::future::join_all(reads).await;
+        let mut done = Vec::new();
+        let mut out = Vec::new();
+        for ((member, p), mark) in claimed.into_iter().zip(marks) {
+            let delivered = mark?
+                .as_deref()
+                .and_then(parse_read)
+                .is_some_and(|(e, o)| e == p.epoch && o >= p.offset);
+            if delivered {
+                done.push(member);
+            } else {
+                out.push(p);
+            }
+        }
+        if !done.is_empty() {
+            self.remove_pending(done).await?;
+        }
+        Ok(out)
+    }
+
+    async fn finish_undelivered(&self, done: &[PendingNotification]) -> Result<(), EngineError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.remove_pending(
+            done.iter()
+                .map(|p| format!("{} {} {}", p.epoch, p.offset, p.stream))
+                .collect(),
+        )
+        .await
     }
 
     async fn announce(&self, node: &NodeReport) -> Result<(), EngineError> {

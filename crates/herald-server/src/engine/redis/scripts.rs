@@ -163,3 +163,38 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
 return {ARGV[1], ARGV[2]}
 "#;
+
+/// Marks an inbox delivered up to an offset (SPEC §11
+/// `notification_undelivered`), never backwards within an epoch, and keeps
+/// the mark for a while: it only has to outlive the notifications it covers.
+///
+/// KEYS: the delivered key (string `"<epoch> <offset>"`).
+/// ARGV: epoch, offset, ms to keep.
+pub(super) const MARK_DELIVERED: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local e, o = string.match(cur, '^(%w+) (%d+)$')
+  if e == ARGV[1] and tonumber(o) >= tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Claims due pending notifications: the ones due at ARGV[1] get a new due
+/// time ARGV[2] (the lease), so exactly one caller takes each until then.
+///
+/// KEYS: the pending sorted set (member `"<epoch> <offset> <stream>"`, score
+/// due ms).
+/// ARGV: now, lease end, most to take.
+///
+/// Returns `{pending count, {members}}`.
+pub(super) const CLAIM_UNDELIVERED: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[2], m)
+end
+return {redis.call('ZCARD', KEYS[1]), due}
+"#;

@@ -48,6 +48,7 @@ async fn redis_engine_contract() {
     offsets_are_gap_free_and_history_is_exact(&engine, &sink).await;
     ttl_expires_messages_but_not_offsets(&engine).await;
     read_cursors_move_forward_only(&engine).await;
+    undelivered_are_claimed_once_unless_delivered(&engine).await;
     engine.close().await;
 }
 
@@ -63,6 +64,7 @@ fn keyed(stream: &str, data: &str, key: &str) -> PublishRequest {
             key: key.into(),
             expire_at: unix_millis() + 60_000,
         }),
+        undelivered_after: None,
     }
 }
 
@@ -125,6 +127,7 @@ async fn a_gap_in_pubsub_is_filled_from_history_and_repeats_are_dropped() {
             ttl: Duration::from_secs(3600),
         },
         key: None,
+        undelivered_after: None,
     };
     let first = engine.publish(vec![request("1")]).await.unwrap();
     let epoch = first[0].as_ref().unwrap().epoch.clone();
