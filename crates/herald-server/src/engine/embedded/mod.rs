@@ -487,19 +487,9 @@ impl Engine for EmbeddedEngine {
         epoch: &str,
         offset: u64,
     ) -> Result<(Arc<str>, u64), EngineError> {
-        let path = self.path.clone();
         let stream = stream.to_owned();
         let epoch = epoch.to_owned();
-        let mut db = self.cursor_db.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            let conn = match db.as_mut() {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open(&path).map_err(db_err)?;
-                    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-                    db.insert(conn)
-                }
-            };
+        self.on_cursor_db(move |conn| {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db_err)?;
@@ -514,7 +504,6 @@ impl Engine for EmbeddedEngine {
             Ok(kept)
         })
         .await
-        .map_err(|e| db_err(format!("store task failed: {e}")))?
     }
 
     /// Deletes the pending rows the marks cover (the rows were committed
